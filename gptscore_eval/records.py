@@ -395,7 +395,8 @@ class RecordWriter:
         return out
 
     def write(self, record: dict) -> None:
-        record = {**record, "run_id": self.run_id}
+        # A record copied from another file (a merged shard) keeps the run id it was made by.
+        record = {**record, "run_id": record.get("run_id") or self.run_id}
         self.kind.validate(record, self.path, None)
         key = self.kind.key_of(record)
         if key in self._keys:

@@ -1,0 +1,131 @@
+"""Split a resumable record-writing job across processes started by ``torchrun``.
+
+Every rank sees the same pending list (the keys not yet in the output file), takes every
+``world_size``-th item, and appends its records to its own shard ``OUT.rankR``. At the end rank 0
+merges the shards into ``OUT`` in the order of the pending list, so the file reads as a
+single-process run would write it. A rank that fails leaves its completed records in its shard;
+the next run merges leftover shards before it computes what is pending, so nothing is lost or
+redone, and merging skips keys already present, so nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+
+from gptscore_eval import records
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size), joining the process group that ``torchrun`` describes if needed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend, timeout=timedelta(hours=2))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def default_device() -> str:
+    """This rank's GPU when there are GPUs, else the CPU."""
+    return f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu"
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shard_path(path: Path, rank: int) -> Path:
+    return path.with_name(f"{path.name}.rank{rank}")
+
+
+def merge_shards(path: Path, kind: records.Kind, order: Iterable[tuple] = ()) -> int:
+    """Append the records of every ``PATH.rankR`` to PATH (in ``order``, then file order), skip
+    keys already there, and delete the shards; return how many records were added."""
+    shards = sorted(path.parent.glob(path.name + ".rank*"))
+    if not shards:
+        return 0
+    for shard in shards:
+        records.repair_partial_last_line(shard)
+    files = [records.read_records(shard, kind, allow_empty=True) for shard in shards]
+    target = records.RecordWriter(path, kind, records.run_metadata(merged_from=[m for f in files for m in f.meta]))
+    rank_of = {key: i for i, key in enumerate(order)}
+    gathered: list[tuple[int, int, dict]] = []
+    for f in files:
+        for number, record in enumerate(f.records):
+            if kind.key_of(record) not in target:
+                gathered.append((rank_of.get(kind.key_of(record), len(rank_of)), number, record))
+    gathered.sort(key=lambda item: item[:2])
+    with target:
+        for _, _, record in gathered:
+            target.write(record)  # keeps the run id of its rank, whose meta is in merged_from
+    for shard in shards:
+        shard.unlink()
+    return len(gathered)
+
+
+class ShardedWriter:
+    """A RecordWriter for this rank's share of a job; a plain one when there is one process.
+
+    Use: ``with ShardedWriter(out, kind, meta) as w: for r in w.pending(todo): w.write(make(r))``
+    — ``todo`` must be the same list, in the same order, on every rank.
+    """
+
+    def __init__(self, path: str | os.PathLike, kind: str | records.Kind, meta: dict | None = None):
+        self.path = Path(path)
+        self.kind = records.KINDS[kind] if isinstance(kind, str) else kind
+        self.meta = meta if meta is not None else records.run_metadata()
+        self.rank, self.world_size = world()
+        self.meta.setdefault("rank", self.rank)
+        self.meta.setdefault("world_size", self.world_size)
+        self._order: list[tuple] = []
+        self._writer: records.RecordWriter | None = None
+
+    def __enter__(self) -> "ShardedWriter":
+        if self.rank == 0:
+            merge_shards(self.path, self.kind)  # leftovers of a run that failed
+            if self.path.exists():
+                records.repair_partial_last_line(self.path)
+        barrier()
+        exists = self.path.exists()
+        self._done = records.read_records(self.path, self.kind, allow_empty=True).keys() if exists else set()
+        target = self.path if self.world_size == 1 else shard_path(self.path, self.rank)
+        self._writer = records.RecordWriter(target, self.kind, self.meta)
+        return self
+
+    def pending(self, todo: Iterable[dict]) -> list[dict]:
+        """This rank's share of the records of ``todo`` whose key is not written yet."""
+        remaining, seen = [], set(self._done)
+        for record in todo:
+            key = self.kind.key_of(record)
+            if key not in seen:
+                seen.add(key)
+                remaining.append(record)
+        self._order = [self.kind.key_of(r) for r in remaining]
+        return remaining[self.rank :: self.world_size]
+
+    def write(self, record: dict) -> None:
+        self._writer.write(record)
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self._writer.close()
+        if self.world_size == 1 or exc_type is not None:
+            return  # a failed rank's shard is merged by the next run
+        barrier()
+        if self.rank == 0:
+            merge_shards(self.path, self.kind, self._order)
+        barrier()
