@@ -55,5 +55,130 @@ def validate(files: tuple[str, ...]) -> None:
                            f"{', '.join(sorted(f.counts('aspect')))}; fields: {', '.join(fields)}")
 
 
+def _analysis_options(command):
+    """Options shared by `report` and `plot`: which scores to analyse and how."""
+    options = [
+        click.option("--baseline", help="Strategy to compare against [default: 'default' if present]."),
+        click.option("--field", type=click.Choice(records.DIRECTIONS + records.F_VARIANTS),
+                     help="Score field [default: avg_f if present, else ref_hyp]."),
+        click.option("--scorer", help="Scorer to analyse when the file holds several."),
+        click.option("--aspect", help="Aspect to analyse when the file holds several."),
+        click.option("--allow-unpaired", is_flag=True, help="Analyse only ids scored for every strategy."),
+        click.option("--confidence", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True)),
+        click.option("--resamples", "n_resamples", default=9999, show_default=True, type=click.IntRange(min=99),
+                     help="Bootstrap resamples and randomization rounds."),
+        click.option("--seed", default=0, show_default=True, type=int),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the report.")
+@click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@_analysis_options
+@user_errors
+def report(files: tuple[str, ...], out: str, **options) -> None:
+    """Summarize scores.jsonl and/or outputs.jsonl: summary.json, report.md and figures in OUT."""
+    from gptscore_eval.report import Options, write_report  # loads scipy and matplotlib: only here
+
+    summary = write_report(files, out, Options(**options))
+    for sentence in summary["sentences"]:
+        click.echo(sentence)
+    click.echo(f"wrote {out}/report.md, {out}/summary.json and {len(summary['figures'])} figures")
+
+
+@main.command()
+@click.argument("kind")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Figure file; .png, .svg or .pdf.")
+@_analysis_options
+@user_errors
+def plot(kind: str, files: tuple[str, ...], out: str, **options) -> None:
+    """Draw one figure KIND from scores.jsonl and/or outputs.jsonl.
+
+    From scores: distribution, means, by-chunks, differences. From outputs: latency, ttft,
+    inter-token, throughput, memory.
+    """
+    from gptscore_eval.report import Options, draw
+
+    click.echo(f"wrote {draw(kind, files, out, Options(**options))}")
+
+
+@main.command()
+@click.option("--model", "model_name", required=True, help="Bamba checkpoint directory, Hub id, or tiny-random.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Prompt set (JSONL).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="outputs.jsonl to append to.")
+@click.option("--strategies", default="default", show_default=True,
+              help="Comma-separated SSD strategies, e.g. default,optimized,independent.")
+@click.option("--max-new-tokens", required=True, type=click.IntRange(min=1))
+@click.option("--num-layers", type=click.IntRange(min=1), help="Keep only the first N layers.")
+@click.option("--chunk-size", type=int, help="SSD chunk size (power of two >= 16); default: the checkpoint's.")
+@click.option("--no-cache", is_flag=True, help="Recompute the whole sequence at every step.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first K prompts.")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", help="cuda, cuda:1, cpu; default: cuda if available.")
+@click.option("--dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "bfloat16", "float16", "float32"]), help="auto: the checkpoint's.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed (prompt i uses seed + i).")
+@click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
+@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--top-k", type=click.IntRange(min=1))
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True))
+@user_errors
+def generate(model_name, data, out, strategies, max_new_tokens, num_layers, chunk_size, no_cache, limit, batch_size,
+             device, dtype, seed, sample, temperature, top_k, top_p) -> None:
+    """Generate an output for every prompt x strategy (resumable: done pairs are skipped)."""
+    from gptscore_eval.generate import generate_outputs  # imports torch: only when generating
+
+    summary = generate_outputs(
+        model_name, data, out, strategies=strategies, max_new_tokens=max_new_tokens, num_layers=num_layers,
+        chunk_size=chunk_size, use_cache=not no_cache, limit=limit, batch_size=batch_size, device=device,
+        dtype=None if dtype == "auto" else dtype, seed=seed, do_sample=sample, temperature=temperature,
+        top_k=top_k, top_p=top_p)
+    click.echo(f"{out}: wrote {summary['written']} records, skipped {summary['skipped']} already there")
+
+
+from gptscore_eval.templates import ASPECTS, TEMPLATES  # noqa: E402  (no torch: cheap)
+
+
+@main.command()
+@click.argument("outputs", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="scores.jsonl to append to.")
+@click.option("--scorer", help="Scorer LM: a Hub id or a local directory; default: SmolLM2-135M-Instruct, offline.")
+@click.option("--aspects", default="plain", show_default=True,
+              help=f"Comma-separated, from: {', '.join(ASPECTS)}.")
+@click.option("--directions", default="ref_hyp,hyp_ref", show_default=True,
+              help="Comma-separated: ref_hyp, hyp_ref, src_hyp.")
+@click.option("--template", help=f"{' or '.join(TEMPLATES)}, or a string with {{context}} ... {{target}}; "
+              "default: per direction.")
+@click.option("--demos", help="Demonstrations: a JSON file, or 'qa' for the shipped ones.")
+@click.option("--multi-ref", default="mean", show_default=True, type=click.Choice(["mean", "max"]))
+@click.option("--batch-size", default="auto", show_default=True, help="Pairs per batch, or auto.")
+@click.option("--max-length", type=click.IntRange(min=2), help="Longest input in tokens; default: the scorer's.")
+@click.option("--device", help="cuda, cuda:1, cpu; default: cuda if available.")
+@click.option("--dtype", help="bfloat16, float16, float32; default: bfloat16 on GPU, float32 on CPU.")
+@user_errors
+def score(outputs, out, scorer, aspects, directions, template, demos, multi_ref, batch_size, max_length, device,
+          dtype) -> None:
+    """GPTScore every output in OUTPUTS into --out (resumable: scored records are skipped)."""
+    from gptscore_eval.scoring import format_summary, score_outputs  # imports torch: only when scoring
+
+    summary = score_outputs(
+        outputs, out, scorer=scorer, aspects=_comma_list(aspects), directions=_comma_list(directions),
+        template=template, demos=demos, multi_ref=multi_ref, batch_size=batch_size, device=device, dtype=dtype,
+        max_length=max_length)
+    click.echo(format_summary(summary))
+
+
+def _comma_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"expected a comma-separated list, got {text!r}")
+    return items
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,137 @@
+"""Score an ``outputs.jsonl`` into a ``scores.jsonl``, resumably (the library behind ``gptscore score``).
+
+One scores record per output x aspect, keyed (id, strategy, scorer, aspect): a rerun skips keys
+already in the file, and records are written in chunks as they are scored, so an interrupted run
+loses at most one chunk and the rerun finishes the rest. Changing the template or demonstrations
+does not change the key: write to another file (or use another aspect) to compare them.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from gptscore_eval.gptscore import F_SCORES, gptscore
+from gptscore_eval.records import DIRECTIONS, RecordWriter, read_records, run_metadata
+from gptscore_eval.templates import TEMPLATES, get_aspect, load_demos, templates_for
+
+
+def score_outputs(
+    outputs_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    scorer=None,
+    aspects=("plain",),
+    directions=("ref_hyp", "hyp_ref"),
+    template: str | None = None,
+    demos: str | None = None,
+    multi_ref: str = "mean",
+    batch_size: int | str = "auto",
+    device: str | None = None,
+    dtype: str | None = None,
+    max_length: int | None = None,
+    chunk_size: int = 128,
+    progress: bool = True,
+) -> dict:
+    """Score every output not yet in ``out_path``; return the summary of the scores file.
+
+    ``scorer`` is a GPTScorer, or a model name (default: the offline SmolLM2) loaded only when
+    there is something to score, with ``batch_size``, ``device``, ``dtype`` and ``max_length``.
+    Outputs that are empty are not scored; the summary lists them under ``skipped_empty``.
+    """
+    outputs = read_records(outputs_path, "outputs").records
+    aspects = [get_aspect(a).name for a in aspects]
+    templates = templates_for(directions, template)
+    demo_list = load_demos(demos) if demos else []
+    if isinstance(scorer, str) or scorer is None:
+        from gptscore_eval.scorer import DEFAULT_SCORER
+
+        scorer_name = scorer or DEFAULT_SCORER
+    else:
+        scorer_name = scorer.name
+    settings = {
+        "scorer": scorer_name, "aspects": aspects, "directions": list(directions), "templates": templates,
+        "demos": str(demos) if demos else None, "multi_ref": multi_ref, "max_length": max_length,
+    }
+    label = _template_label(templates)
+    skipped = [r for r in outputs if not r["output"].strip()]
+    with RecordWriter(out_path, "scores", meta=run_metadata(settings)) as writer:
+        todo = {
+            aspect: [r for r in outputs
+                     if r["output"].strip() and (r["id"], r["strategy"], scorer_name, aspect) not in writer]
+            for aspect in aspects
+        }
+        total = sum(len(t) for t in todo.values())
+        if total and not hasattr(scorer, "score"):
+            from gptscore_eval.scorer import GPTScorer
+
+            scorer = GPTScorer(scorer_name, batch_size=batch_size, device=device, dtype=dtype, max_length=max_length)
+        with tqdm(total=total, unit="output", desc=f"scoring with {scorer_name}", disable=not progress) as bar:
+            for aspect, pending in todo.items():
+                for start in range(0, len(pending), chunk_size):
+                    chunk = pending[start : start + chunk_size]
+                    results = gptscore(
+                        [r["output"] for r in chunk], [r["reference"] for r in chunk], scorer=scorer,
+                        srcs=[r["prompt"] for r in chunk], directions=directions, aspect=aspect,
+                        demos=demo_list, template=template, multi_ref=multi_ref,
+                    )
+                    for record, result in zip(chunk, results):
+                        writer.write({
+                            "id": record["id"], "strategy": record["strategy"], "scorer": scorer_name,
+                            "aspect": aspect, "template": label, "num_chunks": record["num_chunks"], **result,
+                        })
+                    bar.update(len(chunk))
+    written = read_records(out_path, "scores", allow_empty=True).records if Path(out_path).exists() else []
+    summary = summarize(written, scorer=scorer_name, aspects=aspects)
+    summary["written"] = total
+    summary["skipped_empty"] = [f"{r['id']}/{r['strategy']}" for r in skipped]
+    return summary
+
+
+def _template_label(templates: dict[str, str]) -> str:
+    """How the scores record names its template(s): a registered name where there is one."""
+    names = {d: next((n for n, t in TEMPLATES.items() if t == text), text) for d, text in templates.items()}
+    if len(set(names.values())) == 1:
+        return next(iter(names.values()))
+    return ";".join(f"{d}={n}" for d, n in names.items())
+
+
+def summarize(scores: list[dict], *, scorer: str, aspects) -> dict:
+    """Mean of every direction and F variant per strategy and aspect, for one scorer."""
+    groups = defaultdict(list)
+    for record in scores:
+        if record["scorer"] == scorer and record["aspect"] in aspects:
+            groups[record["strategy"], record["aspect"]].append(record)
+    strategies: dict[str, dict] = defaultdict(dict)
+    for (strategy, aspect), records in sorted(groups.items()):
+        truncated = sum(any(r.get(d, {}).get("truncated") for d in DIRECTIONS) for r in records)
+        row = {"n": len(records), "truncated": truncated}
+        for field in (*DIRECTIONS, *F_SCORES):
+            values = [r[field]["mean"] if field in DIRECTIONS else r[field] for r in records if field in r]
+            if values:
+                row[field] = statistics.fmean(values)
+        strategies[strategy][aspect] = row
+    return {"scorer": scorer, "strategies": dict(strategies)}
+
+
+def format_summary(summary: dict) -> str:
+    """The per-strategy table that ``gptscore score`` prints."""
+    rows = [(s, a, row) for s, by_aspect in summary["strategies"].items() for a, row in by_aspect.items()]
+    fields = [f for f in (*DIRECTIONS, *F_SCORES) if any(f in row for _, _, row in rows)]
+    header = ["strategy", "aspect", "n", *fields, "truncated"]
+    table = [header] + [
+        [s, a, str(row["n"]), *(f"{row[f]:.4f}" if f in row else "-" for f in fields), str(row["truncated"])]
+        for s, a, row in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = [f"scorer: {summary['scorer']}; {summary.get('written', 0)} records written"]
+    if summary.get("skipped_empty"):
+        shown = ", ".join(summary["skipped_empty"][:5])
+        notes.append(f"skipped {len(summary['skipped_empty'])} empty outputs (not scored): {shown}")
+    return "\n".join(lines + notes)
