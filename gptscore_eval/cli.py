@@ -9,6 +9,7 @@ import sys
 import click
 
 from gptscore_eval import records
+from gptscore_eval.templates import ASPECTS, TEMPLATES  # no torch: cheap enough for --help
 
 # Errors that are the user's to fix (bad files, bad options): one line, no traceback.
 USER_ERRORS = (records.RecordError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError)
@@ -139,9 +140,6 @@ def generate(model_name, data, out, strategies, max_new_tokens, num_layers, chun
         dtype=None if dtype == "auto" else dtype, seed=seed, do_sample=sample, temperature=temperature,
         top_k=top_k, top_p=top_p)
     click.echo(f"{out}: wrote {summary['written']} records, skipped {summary['skipped']} already there")
-
-
-from gptscore_eval.templates import ASPECTS, TEMPLATES  # noqa: E402  (no torch: cheap)
 
 
 @main.command()
