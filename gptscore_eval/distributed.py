@@ -93,6 +93,8 @@ class ShardedWriter:
         self.meta.setdefault("rank", self.rank)
         self.meta.setdefault("world_size", self.world_size)
         self._order: list[tuple] = []
+        self.existing = 0  # records already in the file
+        self.skipped = 0  # records asked for in ``pending`` that were already there
         self._writer: records.RecordWriter | None = None
 
     def __enter__(self) -> "ShardedWriter":
@@ -103,16 +105,20 @@ class ShardedWriter:
         barrier()
         exists = self.path.exists()
         self._done = records.read_records(self.path, self.kind, allow_empty=True).keys() if exists else set()
+        self.existing = len(self._done)
         target = self.path if self.world_size == 1 else shard_path(self.path, self.rank)
         self._writer = records.RecordWriter(target, self.kind, self.meta)
         return self
 
     def pending(self, todo: Iterable[dict]) -> list[dict]:
         """This rank's share of the records of ``todo`` whose key is not written yet."""
-        remaining, seen = [], set(self._done)
+        remaining, seen = [], set()
+        self.skipped = 0
         for record in todo:
             key = self.kind.key_of(record)
-            if key not in seen:
+            if key in self._done:
+                self.skipped += 1
+            elif key not in seen:
                 seen.add(key)
                 remaining.append(record)
         self._order = [self.kind.key_of(r) for r in remaining]

@@ -1,0 +1,51 @@
+"""Kernel 1 of the chunked scan: dt transform and per-chunk cumulative sum of dt·A."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .ssd_common import Prepared, launch_opts
+from .utils import LOG2E, kernel_dt_limit, softplus_clamp
+
+
+@triton.jit
+def load_dt(dt_ptr, bias_ptr, h, pos, L, s_l, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+            dt_min, dt_max):
+    """Processed dt (fp32) of one head at positions pos; 0 outside [0, L) so padding is inert."""
+    valid = pos < L
+    d = tl.load(dt_ptr + pos * s_l, mask=valid, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        d += tl.load(bias_ptr + h).to(tl.float32)
+    d = softplus_clamp(d, SOFTPLUS, dt_min, dt_max)
+    return tl.where(valid, d, 0.0)
+
+
+@triton.jit
+def _chunk_cumsum_kernel(dt_ptr, A_ptr, bias_ptr, dt_out_ptr, cs_ptr, L, H, NC,
+                         s_b, s_l, s_h, dt_min, dt_max,
+                         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SCALE: tl.constexpr,
+                         CHUNK: tl.constexpr):
+    pid_b = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    h = tl.program_id(2)
+    t = tl.arange(0, CHUNK)
+    d = load_dt(dt_ptr + pid_b * s_b + h * s_h, bias_ptr, h, pid_c * CHUNK + t, L, s_l,
+                HAS_BIAS, SOFTPLUS, dt_min, dt_max)
+    a = tl.load(A_ptr + h).to(tl.float32) * SCALE
+    cs = tl.cumsum(d * a, axis=0)
+    off = ((pid_b * H + h) * NC + pid_c) * CHUNK + t
+    tl.store(dt_out_ptr + off, d)
+    tl.store(cs_ptr + off, cs)
+
+
+def chunk_cumsum(pr: Prepared, dt_softplus, dt_limit, log2: bool = False):
+    """Returns dt_proc, cs: (b, h, nchunks, Q) fp32; cs in log2 units when log2 (for exp2)."""
+    dt_out = torch.empty(pr.b, pr.h, pr.nchunks, pr.chunk, dtype=torch.float32, device=pr.x.device)
+    cs = torch.empty_like(dt_out)
+    _chunk_cumsum_kernel[(pr.b, pr.nchunks, pr.h)](
+        pr.dt, pr.A, pr.dt_bias if pr.dt_bias is not None else pr.A, dt_out, cs,
+        pr.l, pr.h, pr.nchunks, *pr.dt.stride(), *kernel_dt_limit(dt_limit),
+        HAS_BIAS=pr.dt_bias is not None, SOFTPLUS=dt_softplus, SCALE=LOG2E if log2 else 1.0,
+        CHUNK=pr.chunk, **launch_opts(4, 1))
+    return dt_out, cs

@@ -1,0 +1,145 @@
+"""Kernel 5 of the chunked scan, and the `default` pipeline.
+
+y_i = Σ_{j≤i} (C_i·B_j)·exp(cs_i−cs_j)·dt_j·x_j  +  exp(cs_i)·(H_{c−1}·C_i)  +  D·x_i
+(intra-chunk part from the precomputed C·Bᵀ block, inter-chunk part from the entering state).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .ssd_bmm import chunk_cb
+from .ssd_chunk_cumsum import chunk_cumsum
+from .ssd_chunk_state import chunk_state
+from .ssd_common import Prepared, autotune, launch_opts, prepare, tile, use_tuned
+from .ssd_state_passing import state_passing
+from .utils import mm
+
+PREV_NONE, PREV_PER_CHUNK, PREV_FIRST_CHUNK = 0, 1, 2
+
+
+@triton.jit
+def _chunk_scan_kernel(x_ptr, c_ptr, cb_ptr, dt_ptr, cs_ptr, prev_ptr, d_ptr, y_ptr,
+                       L, H, P, N, HPG, NC,
+                       sx_b, sx_l, sx_h, sx_p, sc_b, sc_l, sc_g, sc_n,
+                       scb_b, scb_c, scb_g, scb_m, scb_k,
+                       sp_b, sp_c, sp_h, sp_p, sp_n, sy_b, sy_l, sy_h, sy_p,
+                       CHUNK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                       BKN: tl.constexpr, PREV: tl.constexpr, HAS_D: tl.constexpr,
+                       EXP2: tl.constexpr):
+    pid0 = tl.program_id(0)
+    pid_bc = tl.program_id(1)
+    h = tl.program_id(2)
+    pid_b = pid_bc // NC
+    c = pid_bc % NC
+    gi = h // HPG
+    n_p = tl.cdiv(P, BN)
+    pid_m = pid0 // n_p
+    pid_n = pid0 % n_p
+    ms = pid_m * BM + tl.arange(0, BM)
+    ps = pid_n * BN + tl.arange(0, BN)
+    pm = c * CHUNK + ms
+    m_ok = pm < L
+    p_ok = ps < P
+    cs_base = ((pid_b * H + h) * NC + c) * CHUNK
+    cs_m = tl.load(cs_ptr + cs_base + ms, mask=ms < CHUNK, other=0.0)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    c_base = c_ptr + pid_b * sc_b + gi * sc_g
+
+    if PREV != 0:  # inter-chunk part: exp(cs_i) · C_i · H_{c−1}ᵀ
+        if PREV == 1:
+            p_base = prev_ptr + pid_b * sp_b + c * sp_c + h * sp_h
+            lim = L
+        else:  # only the first chunk sees the given initial state
+            p_base = prev_ptr + pid_b * sp_b + h * sp_h
+            lim = tl.where(c == 0, L, 0)
+        for n0 in range(0, N, BKN):
+            nn = n0 + tl.arange(0, BKN)
+            cv = tl.load(c_base + pm[:, None] * sc_l + nn[None, :] * sc_n,
+                         mask=(pm < lim)[:, None] & (nn < N)[None, :], other=0.0)
+            hv = tl.load(p_base + ps[None, :] * sp_p + nn[:, None] * sp_n,
+                         mask=p_ok[None, :] & (nn < N)[:, None], other=0.0)
+            acc += mm(cv, hv.to(cv.dtype))
+        if EXP2:
+            acc *= tl.exp2(tl.minimum(cs_m, 0.0))[:, None]
+        else:
+            acc *= tl.exp(tl.minimum(cs_m, 0.0))[:, None]
+
+    # intra-chunk part, causal: only key blocks up to this row block
+    x_base = x_ptr + pid_b * sx_b + h * sx_h
+    cb_base = cb_ptr + pid_b * scb_b + c * scb_c + gi * scb_g
+    kmax = tl.minimum((pid_m + 1) * BM, tl.minimum(CHUNK, L - c * CHUNK))
+    for k0 in range(0, kmax, BK):
+        ks = k0 + tl.arange(0, BK)
+        k_ok = ks < kmax
+        cb = tl.load(cb_base + ms[:, None] * scb_m + ks[None, :] * scb_k,
+                     mask=(ms < CHUNK)[:, None] & k_ok[None, :], other=0.0)
+        cs_k = tl.load(cs_ptr + cs_base + ks, mask=k_ok, other=0.0)
+        d_k = tl.load(dt_ptr + cs_base + ks, mask=k_ok, other=0.0)
+        seg = tl.minimum(cs_m[:, None] - cs_k[None, :], 0.0)
+        if EXP2:
+            w = tl.exp2(seg)
+        else:
+            w = tl.exp(seg)
+        w = tl.where((ms[:, None] >= ks[None, :]) & k_ok[None, :], cb * w * d_k[None, :], 0.0)
+        xv = tl.load(x_base + (c * CHUNK + ks)[:, None] * sx_l + ps[None, :] * sx_p,
+                     mask=k_ok[:, None] & p_ok[None, :], other=0.0)
+        acc += mm(w.to(xv.dtype), xv)
+
+    if HAS_D:
+        xm = tl.load(x_base + pm[:, None] * sx_l + ps[None, :] * sx_p,
+                     mask=m_ok[:, None] & p_ok[None, :], other=0.0)
+        acc += xm.to(tl.float32) * tl.load(d_ptr + h).to(tl.float32)
+    tl.store(y_ptr + pid_b * sy_b + h * sy_h + pm[:, None] * sy_l + ps[None, :] * sy_p,
+             acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & p_ok[None, :])
+
+
+# Fixed tiles (capped by the problem's dims) for short chunks / explicit cfg; autotuned otherwise.
+SCAN_CFG = dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=2)
+_scan_tuned = autotune(_chunk_scan_kernel, [
+    triton.Config(dict(BM=bm, BK=bk), num_warps=w, num_stages=s)
+    for bm, bk, w, s in ((64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 2),
+                         (64, 32, 4, 3), (128, 32, 8, 3), (64, 64, 8, 3))],
+    key=["P", "N", "NC", "PREV", "EXP2"])
+
+
+def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cfg=None):
+    """y (b, l, h, p) in x's dtype. prev: entering states (b, nc, h, p, n) for PREV_PER_CHUNK,
+    the initial state (b, h, p, n) for PREV_FIRST_CHUNK, ignored for PREV_NONE."""
+    y = torch.empty(pr.b, pr.l, pr.h, pr.p, dtype=pr.x.dtype, device=pr.x.device)
+    tuned = use_tuned(pr, cfg)
+    cfg = {**SCAN_CFG, **(cfg or {})}
+    BM, BK = min(cfg["BM"], pr.chunk), min(cfg["BK"], pr.chunk)
+    BN = tile(pr.p, cfg["BN"])
+    BKN = tile(pr.n, 128)
+    if prev_mode == PREV_PER_CHUNK:
+        sp = prev.stride()
+    elif prev_mode == PREV_FIRST_CHUNK:
+        sp = (prev.stride(0), 0, *prev.stride()[1:])
+    else:
+        prev, sp = y, (0,) * 5
+    args = (pr.x, pr.C, cb, dt_proc, cs, prev, pr.D if pr.D is not None else pr.A, y,
+            pr.l, pr.h, pr.p, pr.n, pr.h // pr.g, pr.nchunks,
+            *pr.x.stride(), *pr.C.stride(), *cb.stride(), *sp, *y.stride())
+    common = dict(CHUNK=pr.chunk, BN=BN, BKN=BKN, PREV=prev_mode, HAS_D=pr.D is not None, EXP2=exp2)
+    if tuned:
+        grid = lambda meta: ((pr.chunk // meta["BM"]) * triton.cdiv(pr.p, BN), pr.b * pr.nchunks, pr.h)  # noqa: E731
+        _scan_tuned[grid](*args, **common)
+    else:
+        grid = ((pr.chunk // BM) * triton.cdiv(pr.p, BN), pr.b * pr.nchunks, pr.h)
+        _chunk_scan_kernel[grid](*args, BM=BM, BK=BK, **common,
+                                 **launch_opts(cfg["num_warps"], cfg["num_stages"]))
+    return y
+
+
+def ssd_default(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=True,
+                dt_limit=(0.0, float("inf")), initial_state=None):
+    """The standard five-kernel pipeline: cumsum, C·Bᵀ, chunk state, state passing, scan."""
+    pr = prepare(x, dt, A, B, C, chunk_size, D, dt_bias, initial_state)
+    dt_proc, cs = chunk_cumsum(pr, dt_softplus, dt_limit)
+    cb = chunk_cb(pr)
+    states = chunk_state(pr, dt_proc, cs)
+    prev, final = state_passing(pr, states, cs)   # entering states overwrite `states`
+    y = chunk_scan(pr, cb, dt_proc, cs, prev, PREV_PER_CHUNK)
+    return y.to(pr.out_dtype), final

@@ -1,0 +1,142 @@
+"""Kernel 3 of the chunked scan: each chunk's own final state S_c = Σ_j exp(cs_last−cs_j)·dt_j·x_j·B_jᵀ.
+
+Optionally (FUSE_DT, used by `optimized`) the dt transform and the cumsum are computed here
+instead of by a separate kernel, and (FUSE_CB) extra programs on axis 0 compute the C·Bᵀ tiles,
+so one launch replaces three.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .ssd_bmm import cb_tile, cb_tiles
+from .ssd_chunk_cumsum import load_dt
+from .ssd_common import Prepared, autotune, launch_opts, tile, use_tuned
+from .utils import LOG2E_C, kernel_dt_limit, mm
+
+
+@triton.jit
+def _chunk_state_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, st_ptr,
+                        dtraw_ptr, A_ptr, bias_ptr, c_ptr, cb_ptr, dt_min, dt_max,
+                        L, H, P, N, HPG, NC, NCL, C_OFF,
+                        sx_b, sx_l, sx_h, sx_p, sb_b, sb_l, sb_g, sb_n,
+                        sr_b, sr_l, sr_h, ss_b, ss_c, ss_h, ss_p, ss_n,
+                        sc_b, sc_l, sc_g, sc_n, scb_b, scb_c, scb_g, scb_m, scb_k,
+                        CHUNK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                        FUSE_DT: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                        EXP2: tl.constexpr, FUSE_CB: tl.constexpr,
+                        CB_BM: tl.constexpr, CB_BK: tl.constexpr, CB_BN: tl.constexpr):
+    pid0 = tl.program_id(0)
+    pid_bc = tl.program_id(1)
+    h = tl.program_id(2)
+    pid_b = pid_bc // NCL
+    c = C_OFF + pid_bc % NCL
+    gi = h // HPG
+    npn = tl.cdiv(P, BP) * tl.cdiv(N, BN)
+    if pid0 < npn:
+        pid_p = pid0 // tl.cdiv(N, BN)
+        pid_n = pid0 % tl.cdiv(N, BN)
+        ps = pid_p * BP + tl.arange(0, BP)
+        ns = pid_n * BN + tl.arange(0, BN)
+        cs_base = ((pid_b * H + h) * NC + c) * CHUNK
+        if FUSE_DT:
+            a = tl.load(A_ptr + h).to(tl.float32)
+            if EXP2:
+                a = a * LOG2E_C
+            t_all = tl.arange(0, CHUNK)
+            d_all = load_dt(dtraw_ptr + pid_b * sr_b + h * sr_h, bias_ptr, h, c * CHUNK + t_all, L, sr_l,
+                            HAS_BIAS, SOFTPLUS, dt_min, dt_max)
+            cs_all = tl.cumsum(d_all * a, axis=0)
+            cs_last = tl.sum(d_all * a, axis=0)
+            if pid0 == 0:  # hand dt and cs to the scan kernel
+                tl.store(dt_ptr + cs_base + t_all, d_all)
+                tl.store(cs_ptr + cs_base + t_all, cs_all)
+            prefix = cs_last * 0.0
+        else:
+            cs_last = tl.load(cs_ptr + cs_base + CHUNK - 1)
+        acc = tl.zeros((BP, BN), dtype=tl.float32)
+        x_base = x_ptr + pid_b * sx_b + h * sx_h
+        b_base = b_ptr + pid_b * sb_b + gi * sb_g
+        kmax = tl.minimum(CHUNK, L - c * CHUNK)
+        for k0 in range(0, kmax, BK):
+            t = k0 + tl.arange(0, BK)
+            pos = c * CHUNK + t
+            valid = t < kmax
+            if FUSE_DT:
+                d_k = load_dt(dtraw_ptr + pid_b * sr_b + h * sr_h, bias_ptr, h, pos, L, sr_l,
+                              HAS_BIAS, SOFTPLUS, dt_min, dt_max)
+                cs_k = prefix + tl.cumsum(d_k * a, axis=0)
+                prefix += tl.sum(d_k * a, axis=0)
+            else:
+                d_k = tl.load(dt_ptr + cs_base + t, mask=valid, other=0.0)
+                cs_k = tl.load(cs_ptr + cs_base + t, mask=valid, other=0.0)
+            if EXP2:
+                w = tl.exp2(tl.minimum(cs_last - cs_k, 0.0)) * d_k
+            else:
+                w = tl.exp(tl.minimum(cs_last - cs_k, 0.0)) * d_k
+            xv = tl.load(x_base + pos[None, :] * sx_l + ps[:, None] * sx_p,
+                         mask=valid[None, :] & (ps < P)[:, None], other=0.0)
+            bv = tl.load(b_base + pos[:, None] * sb_l + ns[None, :] * sb_n,
+                         mask=valid[:, None] & (ns < N)[None, :], other=0.0)
+            xw = (xv.to(tl.float32) * w[None, :]).to(bv.dtype)
+            acc += mm(xw, bv)
+        tl.store(st_ptr + pid_b * ss_b + (pid_bc % NCL) * ss_c + h * ss_h + ps[:, None] * ss_p + ns[None, :] * ss_n,
+                 acc, mask=(ps < P)[:, None] & (ns < N)[None, :])
+    else:
+        if FUSE_CB:
+            if h % HPG == 0:
+                q = pid0 - npn
+                nk = CHUNK // CB_BK
+                cb_tile(c_ptr, b_ptr, cb_ptr, pid_b, c, gi, q // nk, q % nk, L, N,
+                        sc_b, sc_l, sc_g, sc_n, sb_b, sb_l, sb_g, sb_n,
+                        scb_b, scb_c, scb_g, scb_m, scb_k, CHUNK, CB_BM, CB_BK, CB_BN)
+
+
+# Fixed tiles (capped by the problem's dims) for short chunks / explicit cfg; autotuned otherwise.
+STATE_CFG = dict(BP=64, BN=128, BK=64, num_warps=4, num_stages=2)
+_state_tuned = autotune(_chunk_state_kernel, [
+    triton.Config(dict(BP=bp, BN=bn, BK=bk), num_warps=w, num_stages=s)
+    for bp, bn, bk, w, s in ((64, 128, 64, 4, 2), (64, 128, 64, 8, 3), (64, 64, 64, 4, 3),
+                             (64, 128, 32, 4, 3), (32, 128, 64, 4, 2), (64, 128, 128, 8, 2))],
+    key=["P", "N", "NCL", "FUSE_DT", "EXP2"])
+
+
+def chunk_state(pr: Prepared, dt_proc, cs, *, first_chunk=0, nchunks=None, fused=None,
+                exp2=False, cfg=None):
+    """States of chunks [first_chunk, first_chunk + nchunks): (b, nchunks, h, p, n) fp32.
+
+    fused=(dt_softplus, dt_limit, cb) computes dt_proc/cs (written into the given buffers)
+    and the C·Bᵀ tiles (into cb) in the same launch.
+    """
+    ncl = pr.nchunks - first_chunk if nchunks is None else nchunks
+    st = torch.empty(pr.b, ncl, pr.h, pr.p, pr.n, dtype=torch.float32, device=pr.x.device)
+    tuned = use_tuned(pr, cfg)
+    cfg = {**STATE_CFG, **(cfg or {})}
+    BP, BN, BK = tile(pr.p, cfg["BP"]), tile(pr.n, cfg["BN"]), min(cfg["BK"], pr.chunk)
+    npn = triton.cdiv(pr.p, BP) * triton.cdiv(pr.n, BN)
+    if fused is not None:
+        softplus, dt_limit, cb = fused
+        CB_BM, CB_BK, CB_BN = cb_tiles(pr)
+        ncb = (pr.chunk // CB_BM) * (pr.chunk // CB_BK)
+        cb_strides = cb.stride()
+    else:
+        softplus, dt_limit, cb = True, (0.0, float("inf")), st
+        CB_BM = CB_BK = CB_BN = 16
+        ncb = 0
+        cb_strides = (0,) * 5
+    args = (pr.x, pr.B, dt_proc, cs, st, pr.dt, pr.A, pr.dt_bias if pr.dt_bias is not None else pr.A,
+            pr.C, cb, *kernel_dt_limit(dt_limit),
+            pr.l, pr.h, pr.p, pr.n, pr.h // pr.g, pr.nchunks, ncl, first_chunk,
+            *pr.x.stride(), *pr.B.stride(), *pr.dt.stride(), *st.stride(), *pr.C.stride(), *cb_strides)
+    common = dict(CHUNK=pr.chunk, FUSE_DT=fused is not None, HAS_BIAS=pr.dt_bias is not None,
+                  SOFTPLUS=softplus, EXP2=exp2, FUSE_CB=fused is not None,
+                  CB_BM=CB_BM, CB_BK=CB_BK, CB_BN=CB_BN)
+    if tuned:
+        def grid(meta):
+            return (triton.cdiv(pr.p, meta["BP"]) * triton.cdiv(pr.n, meta["BN"]) + ncb, pr.b * ncl, pr.h)
+        _state_tuned[grid](*args, **common)
+    else:
+        _chunk_state_kernel[(npn + ncb, pr.b * ncl, pr.h)](
+            *args, BP=BP, BN=BN, BK=BK, **common, **launch_opts(cfg["num_warps"], cfg["num_stages"]))
+    return st

@@ -1,0 +1,115 @@
+"""Public entry points of the SSD scan: one registry of chunking strategies.
+
+``STRATEGIES`` names them; ``ssd`` runs a whole sequence, ``ssd_step`` one token.
+A strategy is chosen per call (the model passes its own), never through module globals.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .kernels import ssd_reference as _ref
+from .kernels.utils import check_chunk_size, check_dt_limit, check_ssd_args
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    scan: Callable      # (x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, initial_state)
+    step: Callable      # (state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, reset)
+    exact: bool         # equals the recurrence up to rounding
+    chunk_local: bool   # state is reset at every chunk boundary (decode must reset too)
+    description: str
+
+
+def _triton(module: str, attr: str):
+    """Import Triton implementations lazily so importing bamba stays cheap."""
+    def call(*args, **kwargs):
+        import importlib
+        mod = importlib.import_module(f"bamba.kernels.{module}")
+        return getattr(mod, attr)(*args, **kwargs)
+    call.__name__ = attr
+    return call
+
+
+_step_triton = _triton("ssd_step", "ssd_step_triton")
+
+REGISTRY: dict[str, Strategy] = {
+    "reference": Strategy("reference", _ref.ssd_reference, _ref.ssd_step_reference, True, False,
+                          "pure PyTorch, chunk by chunk; fp32/fp64 ground truth and CPU path"),
+    "default": Strategy("default", _triton("ssd_chunk_scan", "ssd_default"), _step_triton, True, False,
+                        "Triton pipeline: chunk cumsum, C·Bᵀ, chunk state, state passing, chunk scan"),
+    "optimized": Strategy("optimized", _triton("ssd_optimized", "ssd_optimized"), _step_triton, True,
+                          False, "Triton, same math: fused dt/cumsum, exp2, bf16 state hand-off"),
+    "independent": Strategy("independent", _triton("ssd_independent", "ssd_independent"), _step_triton,
+                            False, True, "Triton, chunk-local: every chunk starts from zero state"),
+}
+STRATEGIES: tuple[str, ...] = tuple(REGISTRY)
+
+
+def _check_runnable(impl: Strategy, x) -> None:
+    """Triton kernels need CUDA tensors, or the interpreter chosen before bamba was imported."""
+    from .kernels import INTERPRET
+    if impl.name != "reference" and not x.is_cuda and not INTERPRET:
+        raise ValueError(f"x: expected a CUDA tensor for Triton strategy {impl.name!r} (or run with "
+                         f"TRITON_INTERPRET=1 set before importing bamba), got device {x.device}")
+
+
+def get_strategy(strategy: str) -> Strategy:
+    if strategy not in REGISTRY:
+        raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+    return REGISTRY[strategy]
+
+
+def ssd(x, dt, A, B, C, *, chunk_size, D=None, dt_bias=None, dt_softplus=True,
+        dt_limit=(0.0, float("inf")), initial_state=None, strategy="default"):
+    """Chunked SSD scan. Returns (y like x, final_state fp32 (b,h,p,n); fp64 for fp64 inputs).
+
+    ``independent`` treats the sequence as starting at a chunk boundary; ``initial_state``
+    seeds its first chunk only.
+    """
+    impl = get_strategy(strategy)
+    check_chunk_size(chunk_size)
+    check_ssd_args(x, dt, A, B, C, D, dt_bias, initial_state, dt_limit)
+    dt_limit = check_dt_limit(dt_limit)
+    _check_runnable(impl, x)
+    if x.shape[1] == 0:
+        raise ValueError(f"x: expected a sequence length >= 1, got shape {tuple(x.shape)}")
+    return impl.scan(x, dt, A, B, C, chunk_size, D, dt_bias, bool(dt_softplus), dt_limit,
+                     initial_state)
+
+
+def ssd_step(state, x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus=True,
+             dt_limit=(0.0, float("inf")), strategy="default", chunk_size=None, position=None):
+    """One recurrent token: updates ``state`` (b,h,p,n fp32) in place and returns y (b,h,p).
+
+    For chunk-local strategies (``independent``) ``chunk_size`` and ``position`` (int or (b,)
+    LongTensor: the token's index in its sequence) are required; the state is zeroed before
+    a token whose position is a multiple of chunk_size.
+    """
+    impl = get_strategy(strategy)
+    b = x.shape[0] if isinstance(x, torch.Tensor) else None
+    check_ssd_args(x, dt, A, B, C, D, dt_bias, state, dt_limit, step=True)
+    if state.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"state: expected dtype float32 (or float64), got {state.dtype}")
+    dt_limit = check_dt_limit(dt_limit)
+    _check_runnable(impl, x)
+    reset = None
+    if impl.chunk_local:
+        if chunk_size is None or position is None:
+            raise ValueError(f"chunk_size/position: expected both for strategy {strategy!r}, "
+                             f"got chunk_size={chunk_size!r}, position={position!r}")
+        check_chunk_size(chunk_size)
+        if isinstance(position, torch.Tensor):
+            if position.shape not in ((b,), ()) or position.is_floating_point():
+                raise ValueError(f"position: expected an int or an integer tensor of shape ({b},), "
+                                 f"got {position.dtype} {tuple(position.shape)}")
+            pos = position.to(device=x.device).expand(b)
+        else:
+            if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+                raise ValueError(f"position: expected a non-negative int or (b,) tensor, got {position!r}")
+            pos = torch.full((b,), position, dtype=torch.long, device=x.device)
+        reset = (pos % chunk_size) == 0
+    return impl.step(state, x, dt, A, B, C, D, dt_bias, bool(dt_softplus), dt_limit, reset)

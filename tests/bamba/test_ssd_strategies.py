@@ -1,0 +1,127 @@
+"""Every Triton strategy against the float64 PyTorch reference (CPU: Triton interpreter)."""
+import pytest
+import torch
+
+import bamba
+from bamba.ssd import REGISTRY
+
+TRITON = [s for s in bamba.STRATEGIES if s != "reference"]
+SHAPES = [  # b, l, h, p, g, n, Q
+    (1, 1, 4, 16, 1, 16, 16),      # one token
+    (2, 11, 4, 16, 2, 16, 16),     # L < Q, g > 1
+    (3, 50, 4, 16, 1, 16, 16),     # several chunks, L not a multiple of Q
+    (2, 64, 4, 16, 4, 16, 32),     # exact multiple of Q, g == h
+    (1, 37, 2, 24, 1, 20, 16),     # p, n not powers of two (masked tiles)
+]
+
+
+def expected(kit, strategy, inp, Q, **kw):
+    """Ground truth in float64: the reference, chunk by chunk from zero for chunk-local strategies."""
+    inp = kit.to64(inp)
+    if not REGISTRY[strategy].chunk_local:
+        return bamba.ssd(**inp, chunk_size=Q, strategy="reference", **kw)
+    l = inp["x"].shape[1]
+    ys, state = [], None
+    for s in range(0, l, Q):
+        part = {k: (v[:, s:s + Q] if k in ("x", "dt", "B", "C") else v) for k, v in inp.items()}
+        if s > 0:
+            part["initial_state"] = None
+        y, state = bamba.ssd(**part, chunk_size=Q, strategy="reference", **kw)
+        ys.append(y)
+    return torch.cat(ys, dim=1), state
+
+
+def test_registry():
+    assert bamba.STRATEGIES == ("reference", "default", "optimized", "independent")
+    assert set(REGISTRY) == set(bamba.STRATEGIES)
+
+
+@pytest.mark.parametrize("strategy", TRITON)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}l{}h{}p{}g{}n{}Q{}".format(*s))
+@pytest.mark.parametrize("extras", [False, True], ids=["plain", "D+bias+init"])
+def test_strategy_matches_reference(kit, strategy, shape, extras):
+    b, l, h, p, g, n, Q = shape
+    inp = kit.make(b, l, h, p, g, n, with_d=extras, with_bias=extras, with_init=extras)
+    y, s = bamba.ssd(**inp, chunk_size=Q, strategy=strategy)
+    assert y.dtype == inp["x"].dtype and y.shape == inp["x"].shape
+    assert s.dtype == torch.float32 and s.shape == (b, h, p, n)
+    ye, se = expected(kit, strategy, inp, Q)
+    kit.close(y, ye)
+    kit.close(s, se)
+
+
+@pytest.mark.parametrize("strategy", TRITON)
+def test_float64_inputs(kit, strategy):
+    inp = kit.to64(kit.make(2, 40, 4, 16, 2, 16, with_init=True))
+    y, s = bamba.ssd(**inp, chunk_size=16, strategy=strategy)
+    assert y.dtype == torch.float64
+    ye, se = expected(kit, strategy, inp, 16)
+    kit.close(y, ye)
+    kit.close(s, se)
+
+
+@pytest.mark.parametrize("strategy", TRITON)
+@pytest.mark.parametrize("dt_shift", [-60.0, 40.0], ids=["tiny_dt", "huge_dt"])
+def test_extreme_dt_is_finite(kit, strategy, dt_shift):
+    inp = kit.make(2, 40, 4, 16, 1, 16, dt_shift=dt_shift, with_init=True)
+    y, s = bamba.ssd(**inp, chunk_size=16, strategy=strategy)
+    assert torch.isfinite(y).all() and torch.isfinite(s).all()
+    ye, se = expected(kit, strategy, inp, 16)
+    kit.close(y, ye)
+    kit.close(s, se)
+
+
+@pytest.mark.parametrize("strategy", TRITON)
+def test_dt_limit_and_no_softplus(kit, strategy):
+    inp = kit.make(1, 30, 4, 16, 2, 16)
+    inp["dt"] = inp["dt"].abs()
+    for kw in (dict(dt_limit=(0.05, 0.4)), dict(dt_softplus=False)):
+        y, s = bamba.ssd(**inp, chunk_size=16, strategy=strategy, **kw)
+        ye, se = expected(kit, strategy, inp, 16, **kw)
+        kit.close(y, ye)
+        kit.close(s, se)
+
+
+@pytest.mark.parametrize("strategy", TRITON)
+def test_causal(kit, strategy):
+    inp = kit.make(1, 40, 4, 16, 1, 16)
+    y, _ = bamba.ssd(**inp, chunk_size=16, strategy=strategy)
+    t = 21
+    changed = {k: v.clone() if v is not None else None for k, v in inp.items()}
+    for k in ("x", "dt", "B", "C"):
+        changed[k][:, t + 1:] = torch.randn_like(changed[k][:, t + 1:]) * 3
+    y2, _ = bamba.ssd(**changed, chunk_size=16, strategy=strategy)
+    torch.testing.assert_close(y2[:, :t + 1], y[:, :t + 1], rtol=0, atol=0)
+    assert not torch.allclose(y2[:, t + 1:], y[:, t + 1:])
+
+
+def test_independent_differs_from_exact_across_chunks(kit):
+    inp = kit.make(1, 40, 4, 16, 1, 16, dt_shift=-2.0)   # small dt: long memory
+    y_ind, _ = bamba.ssd(**inp, chunk_size=16, strategy="independent")
+    y_def, _ = bamba.ssd(**inp, chunk_size=16, strategy="default")
+    torch.testing.assert_close(y_ind[:, :16], y_def[:, :16], rtol=1e-4, atol=1e-4)
+    assert (y_ind[:, 16:] - y_def[:, 16:]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("strategy", TRITON)
+def test_bfloat16(kit, strategy):
+    """bf16 operands with fp32 accumulation: close to the fp64 truth at bf16 tolerance."""
+    inp = kit.make(2, 40, 4, 16, 1, 16, with_init=True)
+    lo = {k: (v.bfloat16() if k in ("x", "B", "C") else v) for k, v in inp.items()}
+    y, s = bamba.ssd(**lo, chunk_size=16, strategy=strategy)
+    assert y.dtype == torch.bfloat16 and s.dtype == torch.float32
+    ye, se = expected(kit, strategy, {k: (v.float() if k in ("x", "B", "C") else v) for k, v in lo.items()}, 16)
+    kit.close(y, ye, tol=3e-2)
+    kit.close(s, se, tol=3e-2)
+
+
+@pytest.mark.parametrize("strategy", TRITON)
+def test_autotuned_tile_path(kit, strategy, monkeypatch):
+    """Long chunks take the autotuned launch path (on CPU: its first config); same results."""
+    from bamba.kernels import ssd_common
+    monkeypatch.setattr(ssd_common, "TUNE_MIN_CHUNK", 64)
+    inp = kit.make(1, 150, 2, 16, 1, 16, with_init=True)
+    y, s = bamba.ssd(**inp, chunk_size=64, strategy=strategy)
+    ye, se = expected(kit, strategy, inp, 64)
+    kit.close(y, ye)
+    kit.close(s, se)

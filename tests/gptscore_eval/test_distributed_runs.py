@@ -1,0 +1,92 @@
+"""`generate` and `score` split across 2 gloo processes (as under torchrun) write exactly the
+records of a single-process run, in the same order."""
+
+import os
+import socket
+
+import pytest
+import torch.multiprocessing as mp
+
+from gptscore_eval import records
+from gptscore_eval.generate import generate_outputs
+from gptscore_eval.scoring import score_outputs
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "data", "demo.jsonl")
+GENERATE = dict(strategies="reference,independent", max_new_tokens=4, limit=3, chunk_size=16, progress=False)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, port, job, args):
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    try:
+        job(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_on_two_ranks(job, *args):
+    mp.start_processes(_worker, args=(free_port(), job, args), nprocs=2, join=True, start_method="spawn")
+
+
+def _generate(out):
+    generate_outputs("tiny-random", DATA, out, **GENERATE)
+
+
+def _score(outputs, out, scorer_dir):
+    score_outputs(outputs, out, scorer=str(scorer_dir), aspects=["plain", "fluency"], progress=False)
+
+
+@pytest.fixture(scope="module")
+def scorer_dir(tmp_path_factory):
+    """A tiny random Llama with the byte-level tokenizer, saved like any local checkpoint."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bamba.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    path = tmp_path_factory.mktemp("scorer")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def data_of(path, ignore=("run_id", "timings", "peak_memory_bytes")):
+    return [{k: v for k, v in r.items() if k not in ignore} for r in records.read_records(path).records]
+
+
+def test_generate_and_score_on_two_ranks_equal_one_process(tmp_path, scorer_dir):
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    single.mkdir(), sharded.mkdir()
+    _generate(single / "outputs.jsonl")
+    run_on_two_ranks(_generate, sharded / "outputs.jsonl")
+    assert data_of(sharded / "outputs.jsonl") == data_of(single / "outputs.jsonl")
+    meta = records.read_records(sharded / "outputs.jsonl").meta
+    assert {m["rank"] for m in meta[0]["merged_from"]} == {0, 1}
+
+    _score(single / "outputs.jsonl", single / "scores.jsonl", scorer_dir)
+    run_on_two_ranks(_score, single / "outputs.jsonl", sharded / "scores.jsonl", scorer_dir)
+    one, two = data_of(single / "scores.jsonl"), data_of(sharded / "scores.jsonl")
+    assert [records.SCORES.key_of(r) for r in two] == [records.SCORES.key_of(r) for r in one]
+    for a, b in zip(one, two):  # batches differ between runs: equal up to float rounding
+        assert b["ref_hyp"]["count"] == a["ref_hyp"]["count"]
+        assert b["avg_f"] == pytest.approx(a["avg_f"], abs=1e-5)
+    assert not list(tmp_path.glob("*/*.rank*"))
+
+    # A rerun finds nothing to do in the merged file and changes nothing.
+    before = (sharded / "outputs.jsonl").read_bytes()
+    _generate(sharded / "outputs.jsonl")
+    assert (sharded / "outputs.jsonl").read_bytes() == before
