@@ -1,0 +1,177 @@
+"""Text generation with per-request timings: prefill (time to first token), every decode step,
+total, tokens/s, peak device memory.
+
+Greedy by default (deterministic, so differences between strategies are the kernels' doing);
+sampling on request, from one seeded generator per prompt, so a prompt samples the same
+tokens whatever batch it is in. Timers wait for the device (torch.cuda.synchronize) on GPU.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Generation:
+    """One prompt's output. In a batch, the timings are the batch's, up to this row's last token."""
+
+    prompt: str
+    text: str
+    token_ids: list[int]         # generated tokens, without the stopping EOS
+    prompt_tokens: int
+    finish_reason: str           # "eos" or "length"
+    prefill_s: float             # time to first token: the forward pass over the prompt + sampling
+    decode_s: list[float]        # seconds of each later token
+    total_s: float
+    peak_memory_bytes: int | None  # torch.cuda.max_memory_allocated over the batch; None on CPU
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second, end to end (prefill included)."""
+        return self.output_tokens / self.total_s if self.total_s > 0 else 0.0
+
+    def timings(self) -> dict:
+        return {"prefill_s": self.prefill_s, "decode_s": list(self.decode_s), "total_s": self.total_s,
+                "tokens_per_s": self.tokens_per_s}
+
+
+def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, use_cache: bool = True,
+             do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, seed: int | list[int] = 0, batch_size: int = 1,
+             stop_at_eos: bool = True) -> list[Generation]:
+    """Generate up to `max_new_tokens` for each prompt with `model`'s current strategy.
+
+    Batches of `batch_size` prompts are left-padded. `use_cache=False` recomputes the whole
+    sequence at every step (the seed study's performance mode) instead of decoding from the cache.
+    Prompt i samples from its own generator seeded with `seed + i`, or `seed[i]` for a list.
+    """
+    if isinstance(prompts, str):
+        raise ValueError("prompts: expected a list of strings, got one string")
+    _check_settings(max_new_tokens, temperature, top_k, top_p, batch_size)
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
+    if len(seeds) != len(prompts):
+        raise ValueError(f"seed: expected one seed per prompt ({len(prompts)}), got {len(seeds)}")
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    limit = model.config.max_position_embeddings
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise ValueError(f"prompt {i}: encodes to no tokens")
+        if len(ids) + max_new_tokens > limit:
+            raise ValueError(f"prompt {i}: {len(ids)} tokens + max_new_tokens {max_new_tokens} exceed the model's "
+                             f"limit of {limit} tokens (max_position_embeddings)")
+    eos = _eos_ids(model, tokenizer) if stop_at_eos else set()
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        rows = range(start, min(start + batch_size, len(prompts)))
+        generators = [torch.Generator(device=model.device).manual_seed(seeds[i]) for i in rows]
+        sample = _sampler(do_sample, temperature, top_k, top_p, generators)
+        out += _generate_batch(model, tokenizer, [prompts[i] for i in rows], [encoded[i] for i in rows],
+                               max_new_tokens, use_cache, sample, eos)
+    return out
+
+
+@torch.inference_mode()
+def _generate_batch(model, tokenizer, prompts, encoded, max_new_tokens, use_cache, sample, eos) -> list[Generation]:
+    device, b = model.device, len(encoded)
+    width = max(len(ids) for ids in encoded)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
+    eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    tokens, step_s = [], []
+    finished_at = [None] * b  # index of the EOS among the generated tokens
+    _sync(device)
+    t0 = time.perf_counter()
+    cache = model.new_cache(b, width + max_new_tokens) if use_cache else None
+    logits = model(input_ids, mask, cache, logits_to_keep=1)
+    for step in range(max_new_tokens):
+        if step:
+            if use_cache:
+                logits = model(tokens[-1][:, None], cache=cache, logits_to_keep=1)
+            else:
+                seq = torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=1)
+                full_mask = torch.cat([mask, torch.ones(b, step, dtype=mask.dtype, device=device)], dim=1)
+                logits = model(seq, full_mask, logits_to_keep=1)
+        tokens.append(sample(logits[:, -1].float()))
+        done = torch.isin(tokens[-1], eos_ids).tolist()  # also the host sync that ends this step's timer
+        _sync(device)
+        now = time.perf_counter()
+        step_s.append(now - t0)
+        t0 = now
+        for i in range(b):
+            if done[i] and finished_at[i] is None:
+                finished_at[i] = step
+        if all(f is not None for f in finished_at):
+            break
+
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    generated = torch.stack(tokens, dim=1).tolist()
+    out = []
+    for i in range(b):
+        steps = len(tokens) if finished_at[i] is None else finished_at[i] + 1
+        ids = generated[i][:steps if finished_at[i] is None else steps - 1]
+        out.append(Generation(
+            prompt=prompts[i], text=tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids,
+            prompt_tokens=len(encoded[i]), finish_reason="length" if finished_at[i] is None else "eos",
+            prefill_s=step_s[0], decode_s=step_s[1:steps], total_s=sum(step_s[:steps]), peak_memory_bytes=peak))
+    return out
+
+
+def _sampler(do_sample, temperature, top_k, top_p, generators):
+    """(b, vocab) fp32 logits -> (b,) next tokens."""
+    if not do_sample:
+        return lambda logits: logits.argmax(-1)
+
+    def sample(logits):
+        logits = logits / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p is not None and top_p < 1.0:
+            # Keep the smallest set of most likely tokens whose probability reaches top_p.
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(-1)
+            drop = probs.cumsum(-1) - probs >= top_p
+            logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        probs = logits.softmax(-1)
+        return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+
+    return sample
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _check_settings(max_new_tokens, temperature, top_k, top_p, batch_size):
+    def positive_int(name, value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+
+    positive_int("max_new_tokens", max_new_tokens)
+    positive_int("batch_size", batch_size)
+    if top_k is not None:
+        positive_int("top_k", top_k)
+    if not temperature > 0:
+        raise ValueError(f"temperature: expected > 0, got {temperature!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p: expected 0 < top_p <= 1, got {top_p!r}")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,154 @@
+"""Step 1 of the experiment: generate outputs for a prompt set with each SSD strategy.
+
+`generate_outputs` loops strategies x prompts, writes one OUTPUTS record per pair to a JSONL
+file as soon as its batch is done, and skips pairs already in the file, so an interrupted run
+resumes where it stopped. The model is loaded once; strategies are switched on it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from gptscore_eval import records
+from gptscore_eval.distributed import ShardedWriter, default_device
+
+TINY = "tiny-random"
+
+
+def load_model(name: str, *, strategy: str = "default", chunk_size: int | None = None,
+               num_layers: int | None = None, dtype: str | None = None, device: str | None = None):
+    """(model, tokenizer) for a checkpoint directory, a Hub id, or `tiny-random`."""
+    if name == TINY:
+        from bamba.tiny import tiny_model, tiny_tokenizer
+
+        return tiny_model(strategy=strategy, chunk_size=chunk_size, num_layers=num_layers, dtype=dtype,
+                          device=device), tiny_tokenizer()
+    from bamba import BambaForCausalLM
+    from transformers import AutoTokenizer
+
+    model = BambaForCausalLM.from_pretrained(name, strategy=strategy, chunk_size=chunk_size, num_layers=num_layers,
+                                             dtype=dtype, device=device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model.path))
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"{name}: no usable tokenizer in {model.path} ({type(err).__name__}: {err})") from None
+    return model, tokenizer
+
+
+def check_strategies(strategies) -> list[str]:
+    from bamba import STRATEGIES
+
+    names = [s.strip() for s in (strategies.split(",") if isinstance(strategies, str) else strategies)]
+    if not names or not all(names):
+        raise ValueError(f"strategies: expected a comma-separated list of {', '.join(STRATEGIES)}, got {strategies!r}")
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"strategies: unknown {', '.join(map(repr, unknown))}; "
+                         f"expected some of {', '.join(STRATEGIES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"strategies: listed twice in {strategies!r}")
+    return names
+
+
+def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike, *,
+                     strategies=("default",), max_new_tokens: int, num_layers: int | None = None,
+                     chunk_size: int | None = None, use_cache: bool = True, limit: int | None = None,
+                     batch_size: int = 1, device: str | None = None, dtype: str | None = None, seed: int = 0,
+                     do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+                     top_p: float | None = None, progress: bool = True) -> dict:
+    """Write OUTPUTS records for every (prompt, strategy) not yet in `out`; return counts.
+
+    `model` is a checkpoint directory, a Hub id or "tiny-random"; `limit` keeps the first K
+    prompts. Sampling (off by default) seeds prompt i of the set with `seed + i`, so a resumed
+    run samples what an uninterrupted one would.
+    """
+    from tqdm import tqdm
+
+    from bamba import generate
+
+    strategies = check_strategies(strategies)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit: expected an integer >= 1, got {limit!r}")
+    prompts = records.read_records(data, "prompts").records[:limit]
+    settings = {"model": model, "data": str(data), "strategies": strategies, "max_new_tokens": max_new_tokens,
+                "num_layers": num_layers, "chunk_size": chunk_size, "use_cache": use_cache, "limit": limit,
+                "batch_size": batch_size, "device": device, "dtype": dtype, "seed": seed, "do_sample": do_sample,
+                "temperature": temperature, "top_k": top_k, "top_p": top_p}
+    # Settings that change what is generated: a resumed file must not mix two sets of them.
+    same = {"max_new_tokens": max_new_tokens, "use_cache": use_cache, "do_sample": do_sample,
+            "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+    with ShardedWriter(out, "outputs", records.run_metadata(settings)) as writer:
+        if writer.existing:
+            _check_resume(out, {"model": model, **same})
+        # Under torchrun each rank takes its share of the pending pairs (every rank sees the same list).
+        mine = writer.pending({"id": p["id"], "strategy": s, "index": i}
+                              for s in strategies for i, p in enumerate(prompts))
+        todo = {s: [(t["index"], prompts[t["index"]]) for t in mine if t["strategy"] == s] for s in strategies}
+        total = len(mine)
+        summary = {"out": str(out), "written": 0, "skipped": writer.skipped}
+        if not total:  # nothing to do here: do not even load the model
+            return summary
+        if device is None and writer.world_size > 1:
+            device = default_device()
+        lm, tokenizer = load_model(model, strategy=strategies[0], chunk_size=chunk_size, num_layers=num_layers,
+                                   dtype=dtype, device=device)
+        _check_lengths(data, [p for pairs in todo.values() for _, p in pairs], tokenizer, lm, max_new_tokens)
+        generation = {**same, "batch_size": batch_size, "stop_at_eos": True,
+                      "num_layers": lm.config.num_hidden_layers, "dtype": str(lm.dtype).removeprefix("torch.")}
+        if writer.existing:
+            _check_resume(out, {"chunk_size": lm.chunk_size, "num_layers": generation["num_layers"],
+                                "dtype": generation["dtype"]})
+        device_name = _device_name(lm.device)
+        with tqdm(total=total, desc="generate", unit="output", disable=not progress or writer.rank > 0) as bar:
+            for strategy in strategies:
+                lm.set_strategy(strategy, chunk_size)
+                bar.set_postfix(strategy=strategy)
+                pairs = todo[strategy]
+                for start in range(0, len(pairs), batch_size):
+                    batch = pairs[start:start + batch_size]
+                    outputs = generate(lm, tokenizer, [p["prompt"] for _, p in batch], max_new_tokens=max_new_tokens,
+                                       use_cache=use_cache, do_sample=do_sample, temperature=temperature,
+                                       top_k=top_k, top_p=top_p, seed=[seed + i for i, _ in batch],
+                                       batch_size=batch_size)
+                    for (_, prompt), g in zip(batch, outputs):
+                        writer.write({
+                            "id": prompt["id"], "strategy": strategy, "chunk_size": lm.chunk_size, "model": model,
+                            "prompt": prompt["prompt"], "reference": prompt["reference"], "output": g.text,
+                            "prompt_tokens": g.prompt_tokens, "output_tokens": g.output_tokens,
+                            "num_chunks": math.ceil(g.prompt_tokens / lm.chunk_size), "generation": generation,
+                            "finish_reason": g.finish_reason, "timings": g.timings(),
+                            "peak_memory_bytes": g.peak_memory_bytes, "device": device_name})
+                        summary["written"] += 1
+                        bar.update(1)
+    return summary
+
+
+def _check_resume(out, expected: dict) -> None:
+    """Refuse to append to a file whose outputs were made with another model or other settings."""
+    for r in records.read_records(out, "outputs").records:
+        for name, value in expected.items():
+            old = r[name] if name in ("model", "chunk_size") else r["generation"].get(name, value)
+            if old != value:
+                raise ValueError(f"{out}: holds outputs made with {name}={old!r}, not {value!r}; "
+                                 "use the same settings to resume, or write to another file")
+
+
+def _check_lengths(data, prompts, tokenizer, model, max_new_tokens) -> None:
+    """Fail before generating anything if some prompt cannot fit the model's context."""
+    limit = model.config.max_position_embeddings
+    for p in prompts:
+        n = len(tokenizer(p["prompt"])["input_ids"])
+        if n + max_new_tokens > limit:
+            raise ValueError(f"{data}: prompt {p['id']!r} has {n} tokens; with max_new_tokens {max_new_tokens} it "
+                             f"exceeds the model's limit of {limit} tokens")
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+

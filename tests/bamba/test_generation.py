@@ -1,0 +1,117 @@
+"""bamba.generate on the offline tiny-random model: batching, sampling, EOS, timings, errors."""
+import pytest
+import torch
+
+import bamba  # before transformers: the Triton interpreter must be chosen before triton is imported
+from bamba.tiny import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """xdist runs one worker per core: more threads per worker only spin against each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+PROMPTS = [  # 12, 45 and 30 tokens: with chunk 16, decoding crosses a chunk boundary in every row
+    "Short one.",
+    "A longer prompt that spans a few chunks of 16 tokens.",
+    "Medium-sized prompt text here",
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(strategy="reference", chunk_size=16)
+
+
+def texts(gens):
+    return [g.token_ids for g in gens]
+
+
+def test_tiny_random_is_deterministic_and_offline(tok):
+    a, b = tiny_model(strategy="reference"), tiny_model(strategy="reference")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert a.name_or_path == "tiny-random" and a.chunk_size == 64
+    ids = tok("héllo")["input_ids"]
+    assert ids[0] == tok.bos_token_id and len(ids) == 1 + len("héllo".encode())
+    assert tok.decode(ids, skip_special_tokens=True) == "héllo"
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_batch_of_three_equals_batch_of_one(model, tok, use_cache):
+    one = bamba.generate(model, tok, PROMPTS, max_new_tokens=12, use_cache=use_cache, stop_at_eos=False)
+    three = bamba.generate(model, tok, PROMPTS, max_new_tokens=12, use_cache=use_cache, stop_at_eos=False,
+                           batch_size=3)
+    assert texts(one) == texts(three)
+    assert [g.prompt_tokens for g in three] == [len(tok(p)["input_ids"]) for p in PROMPTS]
+
+
+def test_batch_equals_batch_of_one_independent(tok):
+    """Chunk-local decoding resets each row's state at its own chunk boundaries (real tokens only)."""
+    model = tiny_model(strategy="independent", chunk_size=16, num_layers=1)  # one Mamba2 layer: interpreter time
+    one = bamba.generate(model, tok, PROMPTS, max_new_tokens=5, stop_at_eos=False)
+    three = bamba.generate(model, tok, PROMPTS, max_new_tokens=5, stop_at_eos=False, batch_size=3)
+    assert texts(one) == texts(three)
+
+
+def test_greedy_cache_equals_no_cache(model, tok):
+    assert texts(bamba.generate(model, tok, PROMPTS[:2], max_new_tokens=15, stop_at_eos=False)) == texts(
+        bamba.generate(model, tok, PROMPTS[:2], max_new_tokens=15, stop_at_eos=False, use_cache=False))
+
+
+def test_sampling_is_seeded(model, tok):
+    kw = dict(max_new_tokens=10, do_sample=True, temperature=1.5, top_k=100, top_p=0.95, stop_at_eos=False)
+    a = bamba.generate(model, tok, PROMPTS, seed=1, **kw)
+    assert texts(a) == texts(bamba.generate(model, tok, PROMPTS, seed=1, **kw))
+    assert texts(a) == texts(bamba.generate(model, tok, PROMPTS, seed=1, batch_size=2, **kw))
+    assert texts(a) != texts(bamba.generate(model, tok, PROMPTS, seed=2, **kw))
+    assert texts(a) != texts(bamba.generate(model, tok, PROMPTS, max_new_tokens=10, stop_at_eos=False))
+    # top_k=1 is greedy
+    greedy = bamba.generate(model, tok, PROMPTS, max_new_tokens=5, stop_at_eos=False)
+    assert texts(greedy) == texts(bamba.generate(model, tok, PROMPTS, max_new_tokens=5, do_sample=True, top_k=1,
+                                                 stop_at_eos=False))
+
+
+def test_stops_at_eos(model, tok):
+    (free,) = bamba.generate(model, tok, PROMPTS[:1], max_new_tokens=6, stop_at_eos=False)
+    assert free.finish_reason == "length" and free.output_tokens == 6
+    eos_model = tiny_model(strategy="reference", chunk_size=16)
+    eos_model.config.eos_token_id = free.token_ids[2]  # the third greedy token now ends the text
+    (stopped,) = bamba.generate(eos_model, tok, PROMPTS[:1], max_new_tokens=6)
+    assert stopped.finish_reason == "eos" and stopped.token_ids == free.token_ids[:2]
+    assert len(stopped.decode_s) == 2  # tokens 2 and 3 (the EOS) came from decode steps
+
+
+def test_timings(model, tok):
+    (g,) = bamba.generate(model, tok, PROMPTS[1:2], max_new_tokens=5, stop_at_eos=False)
+    assert g.prefill_s > 0 and len(g.decode_s) == 4 and all(s > 0 for s in g.decode_s)
+    assert g.total_s == pytest.approx(g.prefill_s + sum(g.decode_s))
+    assert g.tokens_per_s == pytest.approx(5 / g.total_s)
+    assert g.peak_memory_bytes is None  # CPU: no device memory counter
+    assert set(g.timings()) == {"prefill_s", "decode_s", "total_s", "tokens_per_s"}
+    assert g.text == tok.decode(g.token_ids, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(max_new_tokens=2, batch_size=0), "batch_size"),
+    (dict(max_new_tokens=2, temperature=0.0), "temperature"),
+    (dict(max_new_tokens=2, top_p=1.5), "top_p"),
+    (dict(max_new_tokens=2, top_k=0), "top_k"),
+    (dict(max_new_tokens=2, seed=[1, 2]), "one seed per prompt"),
+])
+def test_bad_settings(model, tok, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bamba.generate(model, tok, PROMPTS, **kwargs)
+
+
+def test_prompts_must_be_a_list(model, tok):
+    with pytest.raises(ValueError, match="list of strings"):
+        bamba.generate(model, tok, "one prompt", max_new_tokens=2)

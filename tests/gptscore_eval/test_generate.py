@@ -1,0 +1,168 @@
+"""`gptscore generate` / generate_outputs on the offline tiny-random model and a local checkpoint."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import bamba  # noqa: F401  (before transformers: the Triton interpreter must be chosen before triton is imported)
+from gptscore_eval import records
+from gptscore_eval.cli import main
+from gptscore_eval.generate import generate_outputs
+
+PROMPTS = [
+    {"id": "capital", "prompt": "What is the capital of France?", "reference": "Paris."},
+    {"id": "boil", "prompt": "At what temperature does water boil at sea level, in Celsius?",
+     "reference": ["100 degrees Celsius.", "At 100 °C."]},
+    {"id": "hi", "prompt": "Hi", "reference": "Hello."},
+]
+# reference strategy only here: these tests are about the records, not the kernels
+BASE = ["generate", "--model", "tiny-random", "--strategies", "reference", "--max-new-tokens", "4"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """xdist runs one worker per core: more threads per worker only spin against each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    records.write_records(path, "prompts", PROMPTS)
+    return path
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [*map(str, args)])
+    return result
+
+
+def test_generate_writes_valid_records_and_resumes(tmp_path, data):
+    out = tmp_path / "outputs.jsonl"
+    result = run(*BASE, "--data", data, "--out", out, "--chunk-size", "16", "--limit", "2")
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 records, skipped 0" in result.output
+    f = records.read_records(out, "outputs")
+    assert [r["id"] for r in f.records] == ["capital", "boil"]
+    r = f.records[1]
+    assert r["strategy"] == "reference" and r["chunk_size"] == 16 and r["model"] == "tiny-random"
+    assert r["reference"] == PROMPTS[1]["reference"] and r["device"] == "cpu"
+    assert r["prompt_tokens"] == 1 + len(PROMPTS[1]["prompt"].encode())
+    assert r["num_chunks"] == -(-r["prompt_tokens"] // 16)
+    assert r["output_tokens"] <= 4 and len(r["timings"]["decode_s"]) == r["output_tokens"] - 1
+    assert r["generation"]["max_new_tokens"] == 4 and r["generation"]["use_cache"] is True
+    assert r["generation"]["num_layers"] == 4 and r["run_id"] == f.meta[0]["run_id"]
+    assert f.meta[0]["settings"]["strategies"] == ["reference"] and f.meta[0]["settings"]["limit"] == 2
+
+    # Rerun without --limit: only the missing prompt is generated; the earlier lines are kept as they are.
+    before = out.read_bytes()
+    result = run(*BASE, "--data", data, "--out", out, "--chunk-size", "16")
+    assert "wrote 1 records, skipped 2" in result.output
+    assert out.read_bytes().startswith(before)
+    assert len(records.read_records(out, "outputs").records) == 3
+    # Nothing left to do: the file is untouched and the model is not even loaded.
+    before = out.read_bytes()
+    assert "wrote 0 records, skipped 3" in run(*BASE, "--data", data, "--out", out).output
+    assert out.read_bytes() == before
+
+
+def test_resume_refuses_other_settings(tmp_path, data):
+    out = tmp_path / "outputs.jsonl"
+    generate_outputs("tiny-random", data, out, strategies=["reference"], max_new_tokens=3, limit=1, progress=False)
+    before = out.read_bytes()
+    with pytest.raises(ValueError, match="max_new_tokens=3, not 5"):
+        generate_outputs("tiny-random", data, out, strategies=["reference"], max_new_tokens=5, progress=False)
+    result = run(*BASE, "--data", data, "--out", out, "--max-new-tokens", "3", "--sample")
+    assert result.exit_code == 1 and "do_sample=False, not True" in result.output
+    result = run(*BASE, "--data", data, "--out", out, "--max-new-tokens", "3", "--chunk-size", "16")
+    assert result.exit_code == 1 and "chunk_size=64, not 16" in result.output
+    assert out.read_bytes() == before
+
+
+def test_resume_after_a_crash_mid_line(tmp_path, data):
+    out = tmp_path / "outputs.jsonl"
+    generate_outputs("tiny-random", data, out, strategies=["reference"], max_new_tokens=3, limit=1, progress=False)
+    with open(out, "a") as f:
+        f.write('{"id": "boil", "strat')  # a crash while writing
+    summary = generate_outputs("tiny-random", data, out, strategies="reference", max_new_tokens=3, progress=False)
+    assert summary == {"out": str(out), "written": 2, "skipped": 1}
+    assert [r["id"] for r in records.read_records(out, "outputs").records] == ["capital", "boil", "hi"]
+    assert (tmp_path / "outputs.jsonl.partial").is_file()
+
+
+def test_batched_no_cache_sampled_run_matches_unbatched(tmp_path, data):
+    """Batching and resuming must not change what is generated, sampling included (seed per prompt)."""
+    kw = dict(strategies=["reference"], max_new_tokens=4, do_sample=True, seed=3, progress=False)
+    generate_outputs("tiny-random", data, tmp_path / "a.jsonl", batch_size=3, use_cache=False, **kw)
+    generate_outputs("tiny-random", data, tmp_path / "b.jsonl", limit=1, **kw)
+    generate_outputs("tiny-random", data, tmp_path / "b.jsonl", **kw)
+    a, b = (records.read_records(tmp_path / n, "outputs").records for n in ("a.jsonl", "b.jsonl"))
+    assert [r["output"] for r in a] == [r["output"] for r in b]
+    assert a[0]["generation"]["use_cache"] is False and a[0]["generation"]["batch_size"] == 3
+
+
+def test_local_checkpoint_directory(tmp_path, data):
+    """A checkpoint directory with its own tokenizer, as Hugging Face ships them."""
+    from bamba.tiny import tiny_model, tiny_tokenizer
+    from safetensors.torch import save_file
+
+    model = tiny_model(strategy="reference", num_layers=3)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps(model.config.to_dict()))
+    save_file(dict(model.state_dict()), ckpt / "model.safetensors")
+    tiny_tokenizer().save_pretrained(ckpt)
+    out = tmp_path / "outputs.jsonl"
+    result = run("generate", "--model", ckpt, "--data", data, "--out", out, "--strategies", "reference",
+                 "--max-new-tokens", "3", "--num-layers", "2", "--dtype", "float32")
+    assert result.exit_code == 0, result.output
+    r = records.read_records(out, "outputs").records[0]
+    assert r["model"] == str(ckpt) and r["generation"]["num_layers"] == 2 and r["chunk_size"] == 64
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--strategies", "default,fastest"], "strategies: unknown 'fastest'"),
+    (["--strategies", "reference,reference"], "listed twice"),
+    (["--chunk-size", "24"], "power of two >= 16"),
+    (["--model", "no/such-model-anywhere"], "no/such-model-anywhere"),
+    (["--model", "./missing-dir"], "no such checkpoint directory"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, data, args, message):
+    result = run(*BASE, "--data", data, "--out", tmp_path / "o.jsonl", *args)
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_bad_files_are_one_line_errors(tmp_path, data):
+    result = run(*BASE, "--data", tmp_path / "none.jsonl", "--out", tmp_path / "o.jsonl")
+    assert result.exit_code == 1 and "no such file" in result.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "prompt": "q"}\n')
+    result = run(*BASE, "--data", bad, "--out", tmp_path / "o.jsonl")
+    assert result.exit_code == 1 and "field 'reference': missing" in result.output
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text('{"model_type": "llama"}')
+    result = run(*BASE, "--model", llama, "--data", data, "--out", tmp_path / "o.jsonl")
+    assert result.exit_code == 1 and "model_type is 'llama', expected 'bamba'" in result.output
+
+
+def test_prompt_longer_than_the_model_limit(tmp_path, data):
+    from bamba.tiny import tiny_model, tiny_tokenizer
+    from safetensors.torch import save_file
+
+    model = tiny_model(strategy="reference", num_layers=1)
+    model.config.max_position_embeddings = 40
+    ckpt = tmp_path / "short"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps(model.config.to_dict()))
+    save_file(dict(model.state_dict()), ckpt / "model.safetensors")
+    tiny_tokenizer().save_pretrained(ckpt)
+    result = run(*BASE, "--model", ckpt, "--data", data, "--out", tmp_path / "o.jsonl")
+    assert result.exit_code == 1, result.output
+    assert "prompt 'boil' has 62 tokens" in result.output and "limit of 40 tokens" in result.output
