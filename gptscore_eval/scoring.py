@@ -16,7 +16,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from gptscore_eval.gptscore import F_SCORES, gptscore
-from gptscore_eval.records import DIRECTIONS, RecordWriter, read_records, run_metadata
+from gptscore_eval.distributed import ShardedWriter, default_device
+from gptscore_eval.records import DIRECTIONS, read_records, run_metadata
 from gptscore_eval.templates import TEMPLATES, get_aspect, load_demos, templates_for
 
 
@@ -59,18 +60,20 @@ def score_outputs(
     }
     label = _template_label(templates)
     skipped = [r for r in outputs if not r["output"].strip()]
-    with RecordWriter(out_path, "scores", meta=run_metadata(settings)) as writer:
-        todo = {
-            aspect: [r for r in outputs
-                     if r["output"].strip() and (r["id"], r["strategy"], scorer_name, aspect) not in writer]
-            for aspect in aspects
-        }
-        total = sum(len(t) for t in todo.values())
+    with ShardedWriter(out_path, "scores", meta=run_metadata(settings)) as writer:
+        # Under torchrun each rank takes its share of the pending keys (every rank sees the same list).
+        mine = writer.pending({"id": r["id"], "strategy": r["strategy"], "scorer": scorer_name, "aspect": aspect,
+                               "output": r} for aspect in aspects for r in outputs if r["output"].strip())
+        todo = {aspect: [t["output"] for t in mine if t["aspect"] == aspect] for aspect in aspects}
+        total = len(mine)
         if total and not hasattr(scorer, "score"):
             from gptscore_eval.scorer import GPTScorer
 
+            if device is None and writer.world_size > 1:
+                device = default_device()
             scorer = GPTScorer(scorer_name, batch_size=batch_size, device=device, dtype=dtype, max_length=max_length)
-        with tqdm(total=total, unit="output", desc=f"scoring with {scorer_name}", disable=not progress) as bar:
+        with tqdm(total=total, unit="output", desc=f"scoring with {scorer_name}",
+                  disable=not progress or writer.rank > 0) as bar:
             for aspect, pending in todo.items():
                 for start in range(0, len(pending), chunk_size):
                     chunk = pending[start : start + chunk_size]
