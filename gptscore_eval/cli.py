@@ -156,7 +156,7 @@ def generate(model_name, data, out, strategies, max_new_tokens, num_layers, chun
 @click.option("--multi-ref", default="mean", show_default=True, type=click.Choice(["mean", "max"]))
 @click.option("--batch-size", default="auto", show_default=True, help="Pairs per batch, or auto.")
 @click.option("--max-length", type=click.IntRange(min=2), help="Longest input in tokens; default: the scorer's.")
-@click.option("--device", help="cuda, cuda:1, cpu; default: cuda if available.")
+@click.option("--device", help="cuda, cuda:1, cpu, or auto (spread over all GPUs); default: cuda if available.")
 @click.option("--dtype", help="bfloat16, float16, float32; default: bfloat16 on GPU, float32 on CPU.")
 @user_errors
 def score(outputs, out, scorer, aspects, directions, template, demos, multi_ref, batch_size, max_length, device,

@@ -222,19 +222,28 @@ class GPTScorer:
         max_length: int | None = None,
         name: str | None = None,
     ):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # "auto" spreads a scorer too large for one GPU over all of them (accelerate's device_map).
+        spread = device == "auto"
+        if spread and not torch.cuda.is_available():
+            raise ValueError("device 'auto' spreads the scorer over GPUs, and there is none")
+        self.device = torch.device("cuda" if spread or (device is None and torch.cuda.is_available())
+                                   else device or "cpu")
         self.dtype = _parse_dtype(dtype, self.device)
         self._max_pairs = _parse_batch_size(batch_size)
         self._max_tokens = _AUTO_TOKENS.get(self.device.type, _AUTO_TOKENS["cpu"]) if self._max_pairs is None else None
         if isinstance(model, str):
             self.name = name or model
-            self.model, self.tokenizer = _load(model, self.dtype)
+            self.model, self.tokenizer = _load(model, self.dtype, device_map="auto" if spread else None)
         else:
             if tokenizer is None:
                 raise ValueError("pass tokenizer= together with a loaded model")
             self.name = name or getattr(model.config, "name_or_path", None) or type(model).__name__
             self.model, self.tokenizer = model.to(self.dtype), tokenizer
-        self.model.to(self.device).eval()
+        if spread:
+            self.device = self.model.get_input_embeddings().weight.device  # where inputs go in
+        else:
+            self.model.to(self.device)
+        self.model.eval()
         if not getattr(self.tokenizer, "is_fast", False):
             raise ValueError(f"scorer {self.name!r} needs a fast tokenizer (offset mappings for alignment)")
         limits = [n for n in (max_length, getattr(self.model.config, "max_position_embeddings", None)) if n]
@@ -351,8 +360,8 @@ class GPTScorer:
             kwargs["use_cache"] = True
         # Default position ids are what we need: 0.. without a cache, `shared`.. after the prefix.
         hidden = self.model.base_model(input_ids=input_ids.to(self.device), **kwargs).last_hidden_state
-        predicts = predicts.to(self.device)
-        logprobs = self._token_logprobs(hidden[predicts], next_ids.to(self.device)[predicts])
+        predicts = predicts.to(hidden.device)  # the last layer's device when the model is spread
+        logprobs = self._token_logprobs(hidden[predicts], next_ids.to(hidden.device)[predicts])
         return list(logprobs.cpu().split([int(n) for n in predicts.sum(1).tolist()]))
 
     def _token_logprobs(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -379,13 +388,13 @@ class GPTScorer:
         return logits
 
 
-def _load(name: str, dtype: torch.dtype):
+def _load(name: str, dtype: torch.dtype, device_map: str | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = default_scorer_dir() if name == DEFAULT_SCORER else name
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)
     except OSError as err:  # transformers' "not a local folder and not a valid model identifier"
         raise ValueError(f"cannot load scorer {name!r}: {str(err).splitlines()[0]}") from None
     return model, tokenizer

@@ -317,3 +317,9 @@ def test_default_scorer_prefers_paraphrases(smol):
     for i, case in enumerate(CASES):
         assert scores["paraphrase"][i] > scores["unrelated"][i], case
         assert scores["paraphrase"][i] > scores["shuffled"][i], case
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_device_auto_without_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="device 'auto' spreads the scorer over GPUs, and there is none"):
+        GPTScorer("any-model", device="auto")
