@@ -1,9 +1,18 @@
-"""bamba.generate on the offline tiny-random model: batching, sampling, EOS, timings, errors."""
+"""bamba.generate on the offline tiny-random model: batching, sampling, EOS, timings, errors.
+
+The model lives on DEVICE (the GPU when there is one, else the CPU), so generate's own tensors,
+generators, timers and memory counter are exercised on that device."""
 import pytest
 import torch
 
 import bamba  # before transformers: the Triton interpreter must be chosen before triton is imported
-from bamba.tiny import tiny_model, tiny_tokenizer
+from bamba.tiny import tiny_model as _tiny_model, tiny_tokenizer
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def tiny_model(**kwargs):
+    return _tiny_model(device=DEVICE, **kwargs)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,7 +47,7 @@ def texts(gens):
 def test_tiny_random_is_deterministic_and_offline(tok):
     a, b = tiny_model(strategy="reference"), tiny_model(strategy="reference")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    assert a.name_or_path == "tiny-random" and a.chunk_size == 64
+    assert a.name_or_path == "tiny-random" and a.chunk_size == 64 and a.device.type == DEVICE
     ids = tok("héllo")["input_ids"]
     assert ids[0] == tok.bos_token_id and len(ids) == 1 + len("héllo".encode())
     assert tok.decode(ids, skip_special_tokens=True) == "héllo"
@@ -94,9 +103,21 @@ def test_timings(model, tok):
     assert g.prefill_s > 0 and len(g.decode_s) == 4 and all(s > 0 for s in g.decode_s)
     assert g.total_s == pytest.approx(g.prefill_s + sum(g.decode_s))
     assert g.tokens_per_s == pytest.approx(5 / g.total_s)
-    assert g.peak_memory_bytes is None  # CPU: no device memory counter
+    if DEVICE == "cuda":  # torch.cuda.max_memory_allocated since the request began: the weights at least
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        assert isinstance(g.peak_memory_bytes, int) and g.peak_memory_bytes >= weights > 0
+    else:
+        assert g.peak_memory_bytes is None  # CPU: no device memory counter
     assert set(g.timings()) == {"prefill_s", "decode_s", "total_s", "tokens_per_s"}
     assert g.text == tok.decode(g.token_ids, skip_special_tokens=True)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="peak device memory is measured on CUDA only")
+def test_peak_memory_is_per_request(model, tok):
+    """The peak counter restarts with every batch: a small request after a big one reports its own peak."""
+    (big, *_) = bamba.generate(model, tok, PROMPTS, max_new_tokens=12, batch_size=3, stop_at_eos=False)
+    (small,) = bamba.generate(model, tok, PROMPTS[:1], max_new_tokens=2, stop_at_eos=False)
+    assert 0 < small.peak_memory_bytes < big.peak_memory_bytes
 
 
 @pytest.mark.parametrize("kwargs,match", [

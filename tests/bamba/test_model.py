@@ -1,8 +1,12 @@
-"""Our Bamba against transformers' BambaForCausalLM on tiny random checkpoints (CPU, fp32).
+"""Our Bamba against transformers' BambaForCausalLM on tiny random checkpoints (fp32).
 
-Triton strategies run under the Triton interpreter here (a few seconds per forward), so the
-models are tiny: hidden 32, Mamba heads 4 x 16, state 16, chunk 16, prompts of 40-70 tokens.
+Both models run on DEVICE (the GPU when there is one, else the CPU), in IEEE fp32: on a GPU, TF32
+is off and transformers runs its own PyTorch path (see `fp32_parity`), so the tolerance stays fp32.
+On the CPU the Triton strategies run under the Triton interpreter (a few seconds per forward), so
+the models are tiny: hidden 32, Mamba heads 4 x 16, state 16, chunk 16, prompts of 40-70 tokens.
 """
+import contextlib
+import inspect
 import json
 import math
 
@@ -15,6 +19,11 @@ from bamba.tiny import tiny_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# transformers' Bamba functions that use mamba_ssm / causal_conv1d kernels when those are installed
+_HF_KERNEL_FUNCS = ("causal_conv1d_fn", "causal_conv1d_update", "mamba2_chunk_scan",
+                    "mamba2_selective_state_update", "mamba2_split_conv1d_scan_combined")
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -23,6 +32,37 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fp32_parity():
+    """Make both models compute in IEEE fp32, so that fp32 tolerances hold on a GPU too.
+
+    On CUDA: no TF32 in matmuls or cuDNN convolutions (transformers' conv1d is an nn.Conv1d), and
+    SDPA's math kernel for both models. Everywhere: transformers' own PyTorch Bamba path, even where
+    mamba_ssm or causal_conv1d are installed (transformers then calls their Triton kernels, whose
+    fp32 dots run in TF32); its wrappers keep the PyTorch function as `__wrapped__`.
+    """
+    import transformers.models.bamba.modeling_bamba as hf_bamba
+
+    patched = {name: getattr(hf_bamba, name) for name in _HF_KERNEL_FUNCS if callable(getattr(hf_bamba, name, None))}
+    for name, fn in patched.items():
+        setattr(hf_bamba, name, inspect.unwrap(fn))
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    with contextlib.ExitStack() as stack:
+        if DEVICE == "cuda":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+            for name, fn in patched.items():
+                setattr(hf_bamba, name, fn)
+
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 PROMPTS = [  # 41-71 tokens with the byte tokenizer: several 16-token chunks
@@ -33,8 +73,9 @@ PROMPTS = [  # 41-71 tokens with the byte tokenizer: several 16-token chunks
 
 
 def make_checkpoint(path, *, n_groups, attn_layer_indices=(1,), num_layers=3, seed=0, **overrides):
-    """Save a random transformers BambaForCausalLM; weights scaled so greedy choices are clear-cut
-    and decays slow enough that the SSM state matters across chunks."""
+    """Save a random transformers BambaForCausalLM (made on the CPU: the same weights on every
+    machine) and return it on DEVICE in fp32; weights scaled so greedy choices are clear-cut and
+    decays slow enough that the SSM state matters across chunks."""
     config = transformers.BambaConfig(
         vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers, num_attention_heads=4,
         num_key_value_heads=2, attn_layer_indices=list(attn_layer_indices), mamba_n_heads=4, mamba_d_head=16,
@@ -53,7 +94,7 @@ def make_checkpoint(path, *, n_groups, attn_layer_indices=(1,), num_layers=3, se
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
     model.save_pretrained(path)
-    return model
+    return model.to(DEVICE)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +108,18 @@ def ckpts(tmp_path_factory):
 
 
 def ids_of(prompt):
-    return torch.tensor([tiny_tokenizer()(prompt)["input_ids"]])
+    return torch.tensor([tiny_tokenizer()(prompt)["input_ids"]], device=DEVICE)
+
+
+def load(path, **kwargs):
+    """Our model from a checkpoint, on DEVICE (stated, not left to from_pretrained's default)."""
+    return BambaForCausalLM.from_pretrained(path, device=DEVICE, **kwargs)
+
+
+def assert_logits_close(actual, expected, **tol):
+    """Compare on the CPU, in the models' own dtype, with fp32 tolerances unless told otherwise."""
+    assert actual.device.type == expected.device.type == torch.device(DEVICE).type
+    torch.testing.assert_close(actual.cpu(), expected.cpu(), **(tol or TOL))
 
 
 def hf_greedy(model, ids, n):
@@ -83,17 +135,17 @@ def hf_greedy(model, ids, n):
 def test_logits_match_transformers(ckpts, strategy, g):
     path, hf = ckpts[g]
     ids = ids_of(PROMPTS[g])
-    ours = BambaForCausalLM.from_pretrained(path, strategy=strategy)
+    ours = load(path, strategy=strategy)
     with torch.no_grad():
         expected = hf(ids).logits
         got = ours(ids)
-        torch.testing.assert_close(got, expected, **TOL)
-        torch.testing.assert_close(ours(ids, logits_to_keep=1), expected[:, -1:], **TOL)
+        assert_logits_close(got, expected)
+        assert_logits_close(ours(ids, logits_to_keep=1), expected[:, -1:])
 
 
 def test_greedy_matches_transformers_with_and_without_cache(ckpts):
     path, hf = ckpts[2]
-    ours = BambaForCausalLM.from_pretrained(path, strategy="reference")
+    ours = load(path, strategy="reference")
     tok = tiny_tokenizer()
     expected = hf_greedy(hf, ids_of(PROMPTS[0]), 20)
     for use_cache in (True, False):
@@ -105,14 +157,14 @@ def test_greedy_matches_transformers_with_and_without_cache(ckpts):
 def test_triton_greedy_with_cache_matches_reference(ckpts, strategy):
     """Prefill by the chunked scan, then 19 recurrent steps: same tokens as transformers."""
     path, hf = ckpts[1]
-    ours = BambaForCausalLM.from_pretrained(path, strategy=strategy)
+    ours = load(path, strategy=strategy)
     (gen,) = bamba.generate(ours, tiny_tokenizer(), [PROMPTS[1]], max_new_tokens=20, stop_at_eos=False)
     assert gen.token_ids == hf_greedy(hf, ids_of(PROMPTS[1]), 20)
 
 
 def test_triton_greedy_without_cache(ckpts):
     path, hf = ckpts[2]
-    ours = BambaForCausalLM.from_pretrained(path, strategy="default")
+    ours = load(path, strategy="default")
     (gen,) = bamba.generate(ours, tiny_tokenizer(), [PROMPTS[2]], max_new_tokens=3, use_cache=False,
                             stop_at_eos=False)
     assert gen.token_ids == hf_greedy(hf, ids_of(PROMPTS[2]), 3)
@@ -123,69 +175,71 @@ def test_independent_is_chunk_local(ckpts):
     token from the cache resets the state at chunk boundaries exactly as the prefill scan does."""
     path, _ = ckpts[1]
     ids = ids_of(PROMPTS[1])[:, :40]
-    exact = BambaForCausalLM.from_pretrained(path, strategy="reference")
-    ours = BambaForCausalLM.from_pretrained(path, strategy="independent")
+    exact = load(path, strategy="reference")
+    ours = load(path, strategy="independent")
     with torch.no_grad():
         full = ours(ids)
         want = exact(ids)
-        torch.testing.assert_close(full[:, :16], want[:, :16], **TOL)
+        assert_logits_close(full[:, :16], want[:, :16])
         assert (full[:, 16:] - want[:, 16:]).abs().amax() > 1e-2
         cache = ours.new_cache(1, 40)
         stepped = [ours(ids[:, :13], cache=cache)[:, -1]]
         stepped += [ours(ids[:, t:t + 1], cache=cache)[:, -1] for t in range(13, 19)]  # crosses position 16
-    torch.testing.assert_close(torch.stack(stepped, 1), full[:, 12:19], **TOL)
+    assert_logits_close(torch.stack(stepped, 1), full[:, 12:19])
 
 
 @pytest.mark.parametrize("strategy", ["reference", "independent"])
 def test_left_padding_equals_batch_of_one(ckpts, strategy):
     """Mixed lengths in one left-padded batch: each row's logits are its batch-of-one logits."""
     path, _ = ckpts[2]
-    ours = BambaForCausalLM.from_pretrained(path, strategy=strategy)
+    ours = load(path, strategy=strategy)
     tok = tiny_tokenizer()
     rows = [tok(p)["input_ids"][:n] for p, n in zip(PROMPTS, (20, 45, 33))]
     width = max(map(len, rows))
-    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows], device=DEVICE)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=DEVICE)
     with torch.no_grad():
         batched = ours(ids, mask)
         for i, r in enumerate(rows):
-            alone = ours(torch.tensor([r]))
-            torch.testing.assert_close(batched[i, width - len(r):], alone[0], **TOL)
+            alone = ours(torch.tensor([r], device=DEVICE))
+            assert_logits_close(batched[i, width - len(r):], alone[0])
 
 
 def test_num_layers_keeps_the_first_layers(ckpts):
     path, hf = ckpts[1]
-    ours = BambaForCausalLM.from_pretrained(path, strategy="reference", num_layers=2)
+    ours = load(path, strategy="reference", num_layers=2)
     assert len(ours.model.layers) == 2 and ours.config.attn_layer_indices == [1]
-    hf.model.layers = hf.model.layers[:2]
+    layers = hf.model.layers  # the module-scoped reference model is shared: put its layers back after
+    hf.model.layers = layers[:2]
     ids = ids_of(PROMPTS[0])
     try:
         with torch.no_grad():
-            torch.testing.assert_close(ours(ids), hf(ids).logits, **TOL)
+            assert_logits_close(ours(ids), hf(ids).logits)
     finally:
-        hf.model.layers = transformers.BambaForCausalLM.from_pretrained(path).model.layers
+        hf.model.layers = layers
 
 
 def test_sharded_bf16_checkpoint(tmp_path):
     hf = make_checkpoint(tmp_path / "src", n_groups=1, attn_layer_indices=(0,), num_layers=2)
     hf.to(torch.bfloat16).save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
-    ours = BambaForCausalLM.from_pretrained(tmp_path / "sharded", strategy="reference")
+    ours = load(tmp_path / "sharded", strategy="reference")
     assert ours.dtype == torch.bfloat16  # the checkpoint's dtype by default
     ids = ids_of(PROMPTS[0])
     with torch.no_grad():
         got, want = ours(ids).float(), hf(ids).logits.float()
     # bf16 rounding along 2 layers: compare with a bf16-sized tolerance
-    torch.testing.assert_close(got, want, rtol=0.05, atol=0.1 * want.abs().max().item())
-    as_fp32 = BambaForCausalLM.from_pretrained(tmp_path / "sharded", dtype="float32", strategy="reference")
-    assert as_fp32.dtype == torch.float32
+    assert_logits_close(got, want, rtol=0.05, atol=0.1 * want.abs().max().item())
+    as_fp32 = load(tmp_path / "sharded", dtype="float32", strategy="reference")
+    assert as_fp32.dtype == torch.float32 and as_fp32.device.type == torch.device(DEVICE).type
 
 
 def test_from_config_is_seeded_and_config_round_trips(tmp_path):
     config = BambaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, attn_layer_indices=[1], mamba_n_heads=4,
                          mamba_d_state=16, mamba_chunk_size=16)
-    a, b = (BambaForCausalLM.from_config(config, strategy="reference", seed=7) for _ in range(2))
+    a, b = (BambaForCausalLM.from_config(config, strategy="reference", seed=7, device=DEVICE) for _ in range(2))
+    assert a.device.type == torch.device(DEVICE).type
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert config.mamba_d_head == 16
     hf_config = transformers.BambaConfig(**{k: v for k, v in config.to_dict().items() if k not in ("dtype",)})
@@ -194,7 +248,7 @@ def test_from_config_is_seeded_and_config_round_trips(tmp_path):
 
 
 def test_set_strategy(ckpts):
-    model = BambaForCausalLM.from_pretrained(ckpts[1][0], strategy="reference")
+    model = load(ckpts[1][0], strategy="reference")
     assert model.chunk_size == 16  # the checkpoint's
     assert model.set_strategy("independent", 32) is model and (model.strategy, model.chunk_size) == ("independent", 32)
     with pytest.raises(ValueError, match="strategy: expected one of"):
@@ -248,20 +302,24 @@ def test_wrong_model_type_and_shapes(ckpts, tmp_path):
 
 def test_sequence_longer_than_the_model_limit(tmp_path):
     make_checkpoint(tmp_path, n_groups=1, max_position_embeddings=32)
-    model = BambaForCausalLM.from_pretrained(tmp_path, strategy="reference")
+    model = load(tmp_path, strategy="reference")
     with pytest.raises(ValueError, match="longer than the model's limit"):
-        model(torch.zeros(1, 33, dtype=torch.long))
+        model(torch.zeros(1, 33, dtype=torch.long, device=DEVICE))
     with pytest.raises(ValueError, match="exceed the model's limit of 32 tokens"):
         bamba.generate(model, tiny_tokenizer(), [PROMPTS[0]], max_new_tokens=4)
 
 
 def test_bad_attention_masks(ckpts):
-    model = BambaForCausalLM.from_pretrained(ckpts[1][0], strategy="reference")
-    ids = torch.ones(2, 5, dtype=torch.long)
+    model = load(ckpts[1][0], strategy="reference")
+    ids = torch.ones(2, 5, dtype=torch.long, device=DEVICE)
+
+    def mask(rows):
+        return torch.tensor(rows, device=DEVICE)
+
     with pytest.raises(ValueError, match="only left padding"):
-        model(ids, torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]))
+        model(ids, mask([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]))
     with pytest.raises(ValueError, match="at least one real token"):
-        model(ids, torch.tensor([[0, 0, 0, 0, 0], [1, 1, 1, 1, 1]]))
+        model(ids, mask([[0, 0, 0, 0, 0], [1, 1, 1, 1, 1]]))
     with pytest.raises(ValueError, match="expected shape"):
-        model(ids, torch.ones(2, 4))
-    assert math.isfinite(model(ids, torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])).abs().max().item())
+        model(ids, torch.ones(2, 4, device=DEVICE))
+    assert math.isfinite(model(ids, mask([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])).abs().max().item())

@@ -23,11 +23,16 @@ def job(out, fail_after=None):
 
 
 def _worker(rank, world_size, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    job(out)
+    import torch
     import torch.distributed as dist
 
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    if torch.cuda.is_available():
+        # world() would join with NCCL and take cuda:RANK, which a one-GPU machine lacks; this job
+        # only needs gloo's barriers. Without a GPU, world() joins with gloo itself.
+        dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    job(out)
     dist.destroy_process_group()
 
 

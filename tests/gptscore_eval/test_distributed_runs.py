@@ -1,10 +1,16 @@
 """`generate` and `score` split across 2 gloo processes (as under torchrun) write exactly the
-records of a single-process run, in the same order."""
+records of a single-process run, in the same order.
+
+Every process runs on the same DEVICE, stated rather than left to each rank's default (cuda:RANK,
+which a one-GPU machine lacks), so single-process and sharded records are comparable: the GPU
+when there is one (where the Triton strategies need CUDA tensors), else the CPU; fp32 throughout.
+"""
 
 import os
 import socket
 
 import pytest
+import torch
 import torch.multiprocessing as mp
 
 from gptscore_eval import records
@@ -12,7 +18,11 @@ from gptscore_eval.generate import generate_outputs
 from gptscore_eval.scoring import score_outputs
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "data", "demo.jsonl")
-GENERATE = dict(strategies="reference,independent", max_new_tokens=4, limit=3, chunk_size=16, progress=False)
+DEVICE = "cuda:0" if torch.cuda.is_available() else "cpu"
+GENERATE = dict(strategies="reference,independent", max_new_tokens=4, limit=3, chunk_size=16, device=DEVICE,
+                dtype="float32", progress=False)
+# The scorer would default to bf16 on a GPU: pin fp32, as the comparison below is to 1e-5.
+SCORE = dict(aspects=["plain", "fluency"], device=DEVICE, dtype="float32", progress=False)
 
 
 def free_port():
@@ -28,6 +38,10 @@ def _worker(rank, port, job, args):
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))
+    if torch.cuda.is_available():
+        # world() would join with NCCL, one GPU per rank (cuda:1 does not exist on a one-GPU machine);
+        # these ranks share DEVICE and only need gloo's barriers. Without a GPU, world() picks gloo itself.
+        dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         job(*args)
     finally:
@@ -43,7 +57,7 @@ def _generate(out):
 
 
 def _score(outputs, out, scorer_dir):
-    score_outputs(outputs, out, scorer=str(scorer_dir), aspects=["plain", "fluency"], progress=False)
+    score_outputs(outputs, out, scorer=str(scorer_dir), **SCORE)
 
 
 @pytest.fixture(scope="module")

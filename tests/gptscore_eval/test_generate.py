@@ -20,6 +20,11 @@ PROMPTS = [
 BASE = ["generate", "--model", "tiny-random", "--strategies", "reference", "--max-new-tokens", "4"]
 
 
+def device_name():
+    """What records say with no --device: the GPU when there is one (cuda:0, named), else the CPU."""
+    return f"cuda:0 ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """xdist runs one worker per core: more threads per worker only spin against each other."""
@@ -50,7 +55,11 @@ def test_generate_writes_valid_records_and_resumes(tmp_path, data):
     assert [r["id"] for r in f.records] == ["capital", "boil"]
     r = f.records[1]
     assert r["strategy"] == "reference" and r["chunk_size"] == 16 and r["model"] == "tiny-random"
-    assert r["reference"] == PROMPTS[1]["reference"] and r["device"] == "cpu"
+    assert r["reference"] == PROMPTS[1]["reference"] and r["device"] == device_name()
+    if torch.cuda.is_available():  # torch.cuda.max_memory_allocated during the request
+        assert isinstance(r["peak_memory_bytes"], int) and r["peak_memory_bytes"] > 0
+    else:
+        assert r["peak_memory_bytes"] is None
     assert r["prompt_tokens"] == 1 + len(PROMPTS[1]["prompt"].encode())
     assert r["num_chunks"] == -(-r["prompt_tokens"] // 16)
     assert r["output_tokens"] <= 4 and len(r["timings"]["decode_s"]) == r["output_tokens"] - 1
@@ -110,7 +119,7 @@ def test_local_checkpoint_directory(tmp_path, data):
     from bamba.tiny import tiny_model, tiny_tokenizer
     from safetensors.torch import save_file
 
-    model = tiny_model(strategy="reference", num_layers=3)
+    model = tiny_model(strategy="reference", num_layers=3, device="cpu")  # a checkpoint file is saved from the CPU
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "config.json").write_text(json.dumps(model.config.to_dict()))
@@ -122,6 +131,7 @@ def test_local_checkpoint_directory(tmp_path, data):
     assert result.exit_code == 0, result.output
     r = records.read_records(out, "outputs").records[0]
     assert r["model"] == str(ckpt) and r["generation"]["num_layers"] == 2 and r["chunk_size"] == 64
+    assert r["device"] == device_name()
 
 
 @pytest.mark.parametrize("args,message", [
@@ -156,7 +166,7 @@ def test_prompt_longer_than_the_model_limit(tmp_path, data):
     from bamba.tiny import tiny_model, tiny_tokenizer
     from safetensors.torch import save_file
 
-    model = tiny_model(strategy="reference", num_layers=1)
+    model = tiny_model(strategy="reference", num_layers=1, device="cpu")
     model.config.max_position_embeddings = 40
     ckpt = tmp_path / "short"
     ckpt.mkdir()

@@ -80,7 +80,7 @@ def tiny_scorer(model, tokenizer, **kwargs) -> GPTScorer:
 
 
 @pytest.fixture(scope="module")
-def smol():
+def smol(default_scorer_installed):
     return GPTScorer(device="cpu", dtype="float32")
 
 
@@ -132,9 +132,12 @@ def test_alignment_on_bos_tokenizer(post, context, target):
     assert tok.decode(enc.ids[1 : enc.n_fixed]) == "Rate this.\n"
 
 
-def test_bos_lets_a_target_start_the_text(bos_tokenizer, smol):
+def test_bos_lets_a_target_start_the_text(bos_tokenizer):
     [enc] = encode(bos_tokenizer, "", [""], ["Rain."])
     assert enc.first_target == 1 and enc.n_fixed == 1
+
+
+def test_without_bos_something_must_precede_the_target(smol):
     with pytest.raises(ValueError, match="pair 0: nothing precedes the target"):
         encode(smol.tokenizer, "", [""], ["Rain."])
 

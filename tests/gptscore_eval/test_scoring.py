@@ -52,7 +52,7 @@ def outputs(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smol():
+def smol(default_scorer_installed):
     return GPTScorer(device="cpu", dtype="float32")
 
 
@@ -60,7 +60,7 @@ def run(*args):
     return CliRunner().invoke(main, ["score", *map(str, args)])
 
 
-def test_score_end_to_end_and_rerun_adds_nothing(outputs, tmp_path):
+def test_score_end_to_end_and_rerun_adds_nothing(outputs, tmp_path, default_scorer_installed):
     out = tmp_path / "scores.jsonl"
     result = run(outputs, "--out", out, "--aspects", "plain,consistency", "--device", "cpu")
     assert result.exit_code == 0, result.output
