@@ -18,18 +18,22 @@ from .kernels.utils import check_chunk_size, check_dt_limit, check_ssd_args
 class Strategy:
     name: str
     scan: Callable      # (x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, initial_state)
-    step: Callable      # (state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, reset)
+    step: Callable      # (state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, reset: None|bool|(b,) bool)
     exact: bool         # equals the recurrence up to rounding
     chunk_local: bool   # state is reset at every chunk boundary (decode must reset too)
     description: str
 
 
 def _triton(module: str, attr: str):
-    """Import Triton implementations lazily so importing bamba stays cheap."""
+    """Import Triton implementations lazily so importing bamba stays cheap (once: host time)."""
+    fn = None
+
     def call(*args, **kwargs):
-        import importlib
-        mod = importlib.import_module(f"bamba.kernels.{module}")
-        return getattr(mod, attr)(*args, **kwargs)
+        nonlocal fn
+        if fn is None:
+            import importlib
+            fn = getattr(importlib.import_module(f"bamba.kernels.{module}"), attr)
+        return fn(*args, **kwargs)
     call.__name__ = attr
     return call
 
@@ -110,6 +114,7 @@ def ssd_step(state, x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus=True,
         else:
             if isinstance(position, bool) or not isinstance(position, int) or position < 0:
                 raise ValueError(f"position: expected a non-negative int or (b,) tensor, got {position!r}")
-            pos = torch.full((b,), position, dtype=torch.long, device=x.device)
-        reset = (pos % chunk_size) == 0
+            pos = None
+        # an int position resets every sequence or none: a Python bool, no tensor ops (host time)
+        reset = (position % chunk_size) == 0 if pos is None else (pos % chunk_size) == 0
     return impl.step(state, x, dt, A, B, C, D, dt_bias, bool(dt_softplus), dt_limit, reset)

@@ -148,6 +148,7 @@ def graph_us(fn):
 def breakdown(results):
     """Per-kernel times of `default` and `optimized`, host overhead, and CUDA-graph replay times."""
     from bamba.kernels import ssd_bmm, ssd_chunk_cumsum, ssd_chunk_scan, ssd_chunk_state, ssd_state_passing
+    from bamba.kernels.ssd_chunk_state_passing import chunk_state_passing
     from bamba.kernels.ssd_common import prepare
     import bamba
     lim = (0.0, float("inf"))
@@ -171,6 +172,10 @@ def breakdown(results):
             "optimized.fused_state": lambda: ssd_chunk_state.chunk_state(pr, dtp, cs, fused=(True, lim, cb2), exp2=True),
             "optimized.state_passing": lambda: ssd_state_passing.state_passing(pr, st2, cs, out_dtype=torch.bfloat16, exp2=True),
             "optimized.chunk_scan": lambda: ssd_chunk_scan.chunk_scan(pr, cb2, dtp, cs, prev2, ssd_chunk_scan.PREV_PER_CHUNK, exp2=True),
+            # the single sequential launch (chunk states + state passing), as default / optimized call it
+            "default.state_seq": lambda: chunk_state_passing(pr, dtp, cs, cb2),
+            "optimized.state_seq": lambda: chunk_state_passing(pr, dtp, cs, cb2, dt=(True, lim),
+                                                               out_dtype=torch.bfloat16, exp2=True),
         }
         for name, fn in stages.items():
             try:
@@ -184,7 +189,7 @@ def breakdown(results):
                     out.append(dict(batch=b, length=L, what=f"{strat}.{what}", us=f(fn)))
                 except Exception as e:  # noqa: BLE001
                     out.append(dict(batch=b, length=L, what=f"{strat}.{what}", error=repr(e)[:200]))
-        for r in out[-14:]:
+        for r in out[-16:]:
             print(f"breakdown B={b} L={L:6d} {r['what']:28s} " + (f"{r['us']:9.1f} µs" if "us" in r else r["error"]))
         del inp, pr, dtp, cs, cb, st, prev, cb2, st2, prev2, stages
         torch.cuda.empty_cache()
@@ -338,6 +343,10 @@ def main(argv=None):
                               of_floor=step_bytes / bw * 1e6 / us))
         print(f"ssd_step {name:12s} B=1 {us:8.1f} µs  (floor {step_bytes / bw * 1e6:.2f} µs)")
     results["step"] = step_rows
+    from bamba.kernels.ssd_common import _PICKS   # what the one-time tuning chose (index into candidates)
+    results["picks"] = {repr(k): v for k, v in _PICKS.items()}
+    for k, v in _PICKS.items():
+        print(f"pick {k!r}: {v}")
     for flag, extra in ((args.breakdown, breakdown), (args.sweep, sweep)):
         if not flag:
             continue

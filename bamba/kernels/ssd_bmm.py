@@ -51,9 +51,9 @@ def cb_tiles(pr: Prepared):
     return t, t, tile(pr.n, 64)
 
 
-def chunk_cb(pr: Prepared):
+def chunk_cb(pr: Prepared, out=None):
     """C·Bᵀ per chunk: (b, nchunks, g, Q, Q) fp32; only the causal lower triangle is written."""
-    cb = torch.empty(pr.b, pr.nchunks, pr.g, pr.chunk, pr.chunk, dtype=torch.float32, device=pr.x.device)
+    cb = out if out is not None else torch.empty(pr.b, pr.nchunks, pr.g, pr.chunk, pr.chunk, dtype=torch.float32, device=pr.x.device)
     BM, BK, BN = cb_tiles(pr)
     grid = ((pr.chunk // BM) * (pr.chunk // BK), pr.b * pr.nchunks, pr.g)
     _bmm_kernel[grid](pr.C, pr.B, cb, pr.l, pr.n, pr.nchunks, *pr.C.stride(), *pr.B.stride(),

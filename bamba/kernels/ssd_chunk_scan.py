@@ -9,11 +9,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .ssd_bmm import chunk_cb
 from .ssd_chunk_cumsum import chunk_cumsum
-from .ssd_chunk_state import chunk_state
-from .ssd_common import Prepared, autotune, launch_opts, prepare, tile, use_tuned
-from .ssd_state_passing import state_passing
+from .ssd_chunk_state_passing import entering_states
+from .ssd_common import Prepared, launch_opts, pick, prepare, tile, use_tuned, work_bucket
 from .utils import mm
 
 PREV_NONE, PREV_PER_CHUNK, PREV_FIRST_CHUNK = 0, 1, 2
@@ -95,23 +93,17 @@ def _chunk_scan_kernel(x_ptr, c_ptr, cb_ptr, dt_ptr, cs_ptr, prev_ptr, d_ptr, y_
              acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & p_ok[None, :])
 
 
-# Fixed tiles (capped by the problem's dims) for short chunks / explicit cfg; autotuned otherwise.
+# Fixed tiles (capped by the problem's dims) for short chunks / explicit cfg; tuned otherwise.
 SCAN_CFG = dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=2)
-_scan_tuned = autotune(_chunk_scan_kernel, [
-    triton.Config(dict(BM=bm, BK=bk), num_warps=w, num_stages=s)
-    for bm, bk, w, s in ((64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 2),
-                         (64, 32, 4, 3), (128, 32, 8, 3), (64, 64, 8, 3))],
-    key=["P", "N", "NC", "PREV", "EXP2"])
+SCAN_CANDIDATES = [dict(BM=bm, BN=64, BK=bk, num_warps=w, num_stages=s)
+                   for bm, bk, w, s in ((64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 2),
+                                        (64, 32, 4, 3), (128, 32, 8, 3), (64, 64, 8, 3))]
 
 
 def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cfg=None):
     """y (b, l, h, p) in x's dtype. prev: entering states (b, nc, h, p, n) for PREV_PER_CHUNK,
     the initial state (b, h, p, n) for PREV_FIRST_CHUNK, ignored for PREV_NONE."""
     y = torch.empty(pr.b, pr.l, pr.h, pr.p, dtype=pr.x.dtype, device=pr.x.device)
-    tuned = use_tuned(pr, cfg)
-    cfg = {**SCAN_CFG, **(cfg or {})}
-    BM, BK = min(cfg["BM"], pr.chunk), min(cfg["BK"], pr.chunk)
-    BN = tile(pr.p, cfg["BN"])
     BKN = tile(pr.n, 128)
     if prev_mode == PREV_PER_CHUNK:
         sp = prev.stride()
@@ -122,24 +114,33 @@ def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cf
     args = (pr.x, pr.C, cb, dt_proc, cs, prev, pr.D if pr.D is not None else pr.A, y,
             pr.l, pr.h, pr.p, pr.n, pr.h // pr.g, pr.nchunks,
             *pr.x.stride(), *pr.C.stride(), *cb.stride(), *sp, *y.stride())
-    common = dict(CHUNK=pr.chunk, BN=BN, BKN=BKN, PREV=prev_mode, HAS_D=pr.D is not None, EXP2=exp2)
-    if tuned:
-        grid = lambda meta: ((pr.chunk // meta["BM"]) * triton.cdiv(pr.p, BN), pr.b * pr.nchunks, pr.h)  # noqa: E731
-        _scan_tuned[grid](*args, **common)
-    else:
+    common = dict(CHUNK=pr.chunk, BKN=BKN, PREV=prev_mode, HAS_D=pr.D is not None, EXP2=exp2)
+
+    def launch(c):
+        BM, BK, BN = min(c["BM"], pr.chunk), min(c["BK"], pr.chunk), tile(pr.p, c["BN"])
         grid = ((pr.chunk // BM) * triton.cdiv(pr.p, BN), pr.b * pr.nchunks, pr.h)
-        _chunk_scan_kernel[grid](*args, BM=BM, BK=BK, **common,
-                                 **launch_opts(cfg["num_warps"], cfg["num_stages"]))
+        _chunk_scan_kernel[grid](*args, BM=BM, BN=BN, BK=BK, **common,
+                                 **launch_opts(c["num_warps"], c["num_stages"]))
+
+    if use_tuned(pr, cfg):
+        key = ("chunk_scan", pr.p, pr.n, pr.chunk, work_bucket(pr.b * pr.nchunks * pr.h), pr.x.dtype,
+               prev_mode, exp2, None if prev is None else prev.dtype)
+        launch(pick(key, SCAN_CANDIDATES, launch))
+    else:
+        launch({**SCAN_CFG, **(cfg or {})})
     return y
 
 
 def ssd_default(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=True,
                 dt_limit=(0.0, float("inf")), initial_state=None):
-    """The standard five-kernel pipeline: cumsum, C·Bᵀ, chunk state, state passing, scan."""
+    """The standard pipeline: cumsum; C·Bᵀ, chunk states and state passing; chunk scan.
+
+    The middle stages run as one sequential-over-chunks launch or as separate launches,
+    whichever is faster for the dims (see ssd_chunk_state_passing.entering_states).
+    """
     pr = prepare(x, dt, A, B, C, chunk_size, D, dt_bias, initial_state)
     dt_proc, cs = chunk_cumsum(pr, dt_softplus, dt_limit)
-    cb = chunk_cb(pr)
-    states = chunk_state(pr, dt_proc, cs)
-    prev, final = state_passing(pr, states, cs)   # entering states overwrite `states`
+    cb = torch.empty(pr.b, pr.nchunks, pr.g, pr.chunk, pr.chunk, dtype=torch.float32, device=pr.x.device)
+    prev, final = entering_states(pr, dt_proc, cs, cb)
     y = chunk_scan(pr, cb, dt_proc, cs, prev, PREV_PER_CHUNK)
     return y.to(pr.out_dtype), final

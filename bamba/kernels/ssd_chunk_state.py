@@ -12,7 +12,7 @@ import triton.language as tl
 
 from .ssd_bmm import cb_tile, cb_tiles
 from .ssd_chunk_cumsum import load_dt
-from .ssd_common import Prepared, autotune, launch_opts, tile, use_tuned
+from .ssd_common import Prepared, launch_opts, pick, tile, use_tuned, work_bucket
 from .utils import LOG2E_C, kernel_dt_limit, mm
 
 
@@ -93,13 +93,11 @@ def _chunk_state_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, st_ptr,
                         scb_b, scb_c, scb_g, scb_m, scb_k, CHUNK, CB_BM, CB_BK, CB_BN)
 
 
-# Fixed tiles (capped by the problem's dims) for short chunks / explicit cfg; autotuned otherwise.
+# Fixed tiles (capped by the problem's dims) for short chunks / explicit cfg; tuned otherwise.
 STATE_CFG = dict(BP=64, BN=128, BK=64, num_warps=4, num_stages=2)
-_state_tuned = autotune(_chunk_state_kernel, [
-    triton.Config(dict(BP=bp, BN=bn, BK=bk), num_warps=w, num_stages=s)
-    for bp, bn, bk, w, s in ((64, 128, 64, 4, 2), (64, 128, 64, 8, 3), (64, 64, 64, 4, 3),
-                             (64, 128, 32, 4, 3), (32, 128, 64, 4, 2), (64, 128, 128, 8, 2))],
-    key=["P", "N", "NCL", "FUSE_DT", "EXP2"])
+STATE_CANDIDATES = [dict(BP=bp, BN=bn, BK=bk, num_warps=w, num_stages=s)
+                    for bp, bn, bk, w, s in ((64, 128, 64, 4, 2), (64, 128, 64, 8, 3), (64, 64, 64, 4, 3),
+                                             (64, 128, 32, 4, 3), (32, 128, 64, 4, 2), (64, 128, 128, 8, 2))]
 
 
 def chunk_state(pr: Prepared, dt_proc, cs, *, first_chunk=0, nchunks=None, fused=None,
@@ -111,10 +109,6 @@ def chunk_state(pr: Prepared, dt_proc, cs, *, first_chunk=0, nchunks=None, fused
     """
     ncl = pr.nchunks - first_chunk if nchunks is None else nchunks
     st = torch.empty(pr.b, ncl, pr.h, pr.p, pr.n, dtype=torch.float32, device=pr.x.device)
-    tuned = use_tuned(pr, cfg)
-    cfg = {**STATE_CFG, **(cfg or {})}
-    BP, BN, BK = tile(pr.p, cfg["BP"]), tile(pr.n, cfg["BN"]), min(cfg["BK"], pr.chunk)
-    npn = triton.cdiv(pr.p, BP) * triton.cdiv(pr.n, BN)
     if fused is not None:
         softplus, dt_limit, cb = fused
         CB_BM, CB_BK, CB_BN = cb_tiles(pr)
@@ -132,11 +126,17 @@ def chunk_state(pr: Prepared, dt_proc, cs, *, first_chunk=0, nchunks=None, fused
     common = dict(CHUNK=pr.chunk, FUSE_DT=fused is not None, HAS_BIAS=pr.dt_bias is not None,
                   SOFTPLUS=softplus, EXP2=exp2, FUSE_CB=fused is not None,
                   CB_BM=CB_BM, CB_BK=CB_BK, CB_BN=CB_BN)
-    if tuned:
-        def grid(meta):
-            return (triton.cdiv(pr.p, meta["BP"]) * triton.cdiv(pr.n, meta["BN"]) + ncb, pr.b * ncl, pr.h)
-        _state_tuned[grid](*args, **common)
-    else:
+
+    def launch(c):
+        BP, BN, BK = tile(pr.p, c["BP"]), tile(pr.n, c["BN"]), min(c["BK"], pr.chunk)
+        npn = triton.cdiv(pr.p, BP) * triton.cdiv(pr.n, BN)
         _chunk_state_kernel[(npn + ncb, pr.b * ncl, pr.h)](
-            *args, BP=BP, BN=BN, BK=BK, **common, **launch_opts(cfg["num_warps"], cfg["num_stages"]))
+            *args, BP=BP, BN=BN, BK=BK, **common, **launch_opts(c["num_warps"], c["num_stages"]))
+
+    if use_tuned(pr, cfg):
+        key = ("chunk_state", pr.p, pr.n, pr.chunk, work_bucket(pr.b * ncl * pr.h), pr.x.dtype,
+               fused is not None, exp2)
+        launch(pick(key, STATE_CANDIDATES, launch))
+    else:
+        launch({**STATE_CFG, **(cfg or {})})
     return st

@@ -57,7 +57,7 @@ def ssd_reference(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=
 
 def ssd_step_reference(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=True,
                        dt_limit=(0.0, float("inf")), reset=None):
-    """One token. state (b,h,p,n) is updated in place; reset (b,) bool zeroes it first."""
+    """One token. state (b,h,p,n) is updated in place; reset (bool, or (b,) bool) zeroes it first."""
     h = x.shape[1]
     cd = state.dtype if state.dtype == torch.float64 else torch.float32
     dt = process_dt(dt.to(cd), None if dt_bias is None else dt_bias.to(cd), dt_softplus, dt_limit)
@@ -65,7 +65,9 @@ def ssd_step_reference(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=
     Ch = _heads(C.to(cd), h)
     xc = x.to(cd)
     s = state.to(cd)
-    if reset is not None:
+    if isinstance(reset, bool):
+        s = torch.zeros_like(s) if reset else s
+    elif reset is not None:
         s = torch.where(reset.view(-1, 1, 1, 1), torch.zeros((), dtype=cd, device=s.device), s)
     decay = torch.exp((dt * A.to(cd)).clamp(max=0.0))
     s = decay[:, :, None, None] * s + (dt[:, :, None] * xc)[..., None] * Bh[:, :, None, :]

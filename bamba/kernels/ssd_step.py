@@ -20,7 +20,7 @@ def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                      sst_b, sst_h, sst_p, sst_n, sx_b, sx_h, sx_p, sdt_b, sdt_h,
                      sb_b, sb_g, sb_n, sc_b, sc_g, sc_n, sy_b, sy_h, sy_p,
                      HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                     HAS_RESET: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+                     HAS_RESET: tl.constexpr, ZERO: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     pid_b = tl.program_id(0)
     h = tl.program_id(1)
     ps = tl.program_id(2) * BP + tl.arange(0, BP)
@@ -30,7 +30,10 @@ def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
     nm = ns < N
     st_ptrs = state_ptr + pid_b * sst_b + h * sst_h + ps[:, None] * sst_p + ns[None, :] * sst_n
     smask = pm[:, None] & nm[None, :]
-    state = tl.load(st_ptrs, mask=smask, other=0.0).to(tl.float32)
+    if ZERO:  # every sequence starts a chunk: the old state is not even read
+        state = tl.zeros((BP, BN), dtype=tl.float32)
+    else:
+        state = tl.load(st_ptrs, mask=smask, other=0.0).to(tl.float32)
     if HAS_RESET:
         keep = tl.load(reset_ptr + pid_b) == 0
         state = tl.where(keep, state, 0.0)
@@ -59,12 +62,15 @@ def ssd_step_triton(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=Tru
     BP = max(1, min(triton.next_power_of_2(p), 4096 // BN))
     A = A.float()
     dummy = A
-    reset_t = reset.to(torch.int8).contiguous() if reset is not None else dummy
+    # reset: None, a bool for all sequences (constexpr: no tensor op per token) or a (b,) bool tensor
+    zero = reset is True
+    per_seq = isinstance(reset, torch.Tensor)
+    reset_t = reset.to(torch.int8).contiguous() if per_seq else dummy
     grid = (b, h, triton.cdiv(p, BP))
     _ssd_step_kernel[grid](
         state, x, dt, A, B, C, D if D is not None else dummy, dt_bias if dt_bias is not None else dummy,
         reset_t, y, *kernel_dt_limit(dt_limit), h, p, n, h // g,
         *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *y.stride(),
         HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
-        HAS_RESET=reset is not None, BP=BP, BN=BN, **launch_opts(4, 1))
+        HAS_RESET=per_seq, ZERO=zero, BP=BP, BN=BN, **launch_opts(4, 1))
     return y

@@ -117,7 +117,7 @@ def test_bfloat16(kit, strategy):
 
 @pytest.mark.parametrize("strategy", TRITON)
 def test_autotuned_tile_path(kit, strategy, monkeypatch):
-    """Long chunks take the autotuned launch path (on CPU: its first config); same results."""
+    """Long chunks take the tuned launch path (on CPU: the first candidate); same results."""
     from bamba.kernels import ssd_common
     monkeypatch.setattr(ssd_common, "TUNE_MIN_CHUNK", 64)
     inp = kit.make(1, 150, 2, 16, 1, 16, with_init=True)
@@ -125,3 +125,17 @@ def test_autotuned_tile_path(kit, strategy, monkeypatch):
     ye, se = expected(kit, strategy, inp, 64)
     kit.close(y, ye)
     kit.close(s, se)
+
+
+@pytest.mark.parametrize("strategy,dtype", [("default", torch.float32), ("optimized", torch.bfloat16)])
+def test_split_state_plan(kit, strategy, dtype, monkeypatch):
+    """The two-launch state plan (chunk states, then state passing) that GPUs may pick by timing."""
+    from bamba.kernels import ssd_chunk_state_passing
+    monkeypatch.setattr(ssd_chunk_state_passing, "PLANS", ("split",))
+    inp = kit.make(2, 40, 4, 16, 1, 16, with_d=True, with_bias=True, with_init=True)
+    lo = {k: (v.to(dtype) if k in ("x", "B", "C") else v) for k, v in inp.items()}
+    y, s = bamba.ssd(**lo, chunk_size=16, strategy=strategy)
+    ye, se = expected(kit, strategy, {k: (v.float() if k in ("x", "B", "C") else v) for k, v in lo.items()}, 16)
+    tol = {} if dtype == torch.float32 else dict(tol=3e-2)
+    kit.close(y, ye, **tol)
+    kit.close(s, se, **tol)

@@ -1,0 +1,220 @@
+"""Kernels 3 and 4 in one launch: chunk states and state passing, sequential over chunks.
+
+One program per (batch, head, p-block, n-block) walks the chunks in order and carries the running
+state H (fp32) in registers: it stores H_{c−1} (the state entering chunk c, what the scan reads),
+then adds S_c = Σ_j exp(cs_last−cs_j)·dt_j·x_j·B_jᵀ as one (BP × Q)·(Q × BN) product and decays.
+The fp32 chunk states S_c never go to memory: the split pipeline writes them and reads them back
+(2 × 268 MB at 16k tokens, Bamba-9B dims), and state passing is a second sequential launch.
+The chunk loop is the innermost loop, so the compiler prefetches chunk c+1's x and B during c.
+Options as in ssd_chunk_state: FUSE_DT computes dt and the cumsum here, FUSE_CB adds programs
+that compute the C·Bᵀ tiles.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .ssd_bmm import cb_tile, cb_tiles, chunk_cb
+from .ssd_chunk_cumsum import load_dt
+from .ssd_chunk_state import chunk_state
+from .ssd_common import Prepared, launch_opts, pick, tile, use_tuned, work_bucket
+from .ssd_state_passing import state_passing
+from .utils import LOG2E_C, kernel_dt_limit, mm
+
+
+@triton.jit
+def _chunk_state_passing_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, prev_ptr, init_ptr, final_ptr,
+                                dtraw_ptr, A_ptr, bias_ptr, c_ptr, cb_ptr, dt_min, dt_max,
+                                L, H, P, N, HPG, NC, C0, NCB,
+                                sx_b, sx_l, sx_h, sx_p, sb_b, sb_l, sb_g, sb_n, sr_b, sr_l, sr_h,
+                                sc_b, sc_l, sc_g, sc_n, scb_b, scb_c, scb_g, scb_m, scb_k,
+                                CHUNK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                                BK: tl.constexpr, FUSE_DT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                SOFTPLUS: tl.constexpr, EXP2: tl.constexpr, FUSE_CB: tl.constexpr,
+                                HAS_INIT: tl.constexpr, STORE_PREV: tl.constexpr,
+                                CB_BM: tl.constexpr, CB_BK: tl.constexpr, CB_BN: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    npn = tl.cdiv(P, BP) * tl.cdiv(N, BN)
+    if pid < H * npn:
+        h = pid // npn
+        r = pid % npn
+        gi = h // HPG
+        ps = (r // tl.cdiv(N, BN)) * BP + tl.arange(0, BP)
+        ns = (r % tl.cdiv(N, BN)) * BN + tl.arange(0, BN)
+        smask = (ps < P)[:, None] & (ns < N)[None, :]
+        # prev (b, nc, h, p, n), init and final (b, h, p, n): contiguous, allocated by the wrapper
+        s_off = ps[:, None] * N + ns[None, :]
+        bh = (pid_b * H + h) * P * N
+        if HAS_INIT:
+            state = tl.load(init_ptr + bh + s_off, mask=smask, other=0.0).to(tl.float32)
+        else:
+            state = tl.zeros((BP, BN), dtype=tl.float32)
+        a = tl.load(A_ptr + h).to(tl.float32)
+        if EXP2:
+            a = a * LOG2E_C
+        x_base = x_ptr + pid_b * sx_b + h * sx_h
+        b_base = b_ptr + pid_b * sb_b + gi * sb_g
+        raw_base = dtraw_ptr + pid_b * sr_b + h * sr_h
+        row = (pid_b * H + h) * NC * CHUNK
+        for c in range(C0, NC):
+            if STORE_PREV:
+                tl.store(prev_ptr + ((pid_b * NC + c) * H + h) * P * N + s_off,
+                         state.to(prev_ptr.dtype.element_ty), mask=smask)
+            cs_base = row + c * CHUNK
+            if FUSE_DT:
+                t_all = tl.arange(0, CHUNK)
+                d_all = load_dt(raw_base, bias_ptr, h, c * CHUNK + t_all, L, sr_l,
+                                HAS_BIAS, SOFTPLUS, dt_min, dt_max)
+                cs_all = tl.cumsum(d_all * a, axis=0)
+                cs_last = tl.sum(d_all * a, axis=0)
+                if r == 0:  # one program per head hands dt and cs to the scan kernel
+                    tl.store(dt_ptr + cs_base + t_all, d_all)
+                    tl.store(cs_ptr + cs_base + t_all, cs_all)
+                prefix = cs_last * 0.0
+            else:
+                cs_last = tl.load(cs_ptr + cs_base + CHUNK - 1)
+            kmax = tl.minimum(CHUNK, L - c * CHUNK)
+            acc = tl.zeros((BP, BN), dtype=tl.float32)
+            for k0 in tl.static_range(0, CHUNK, BK):  # one step for Q <= BK: no inner loop
+                t = k0 + tl.arange(0, BK)
+                pos = c * CHUNK + t
+                valid = t < kmax
+                if FUSE_DT and BK == CHUNK:
+                    d_k = d_all
+                    cs_k = cs_all
+                elif FUSE_DT:
+                    d_k = load_dt(raw_base, bias_ptr, h, pos, L, sr_l, HAS_BIAS, SOFTPLUS, dt_min, dt_max)
+                    cs_k = prefix + tl.cumsum(d_k * a, axis=0)
+                    prefix += tl.sum(d_k * a, axis=0)
+                else:
+                    d_k = tl.load(dt_ptr + cs_base + t, mask=valid, other=0.0)
+                    cs_k = tl.load(cs_ptr + cs_base + t, mask=valid, other=0.0)
+                if EXP2:
+                    w = tl.exp2(tl.minimum(cs_last - cs_k, 0.0)) * d_k
+                else:
+                    w = tl.exp(tl.minimum(cs_last - cs_k, 0.0)) * d_k
+                xv = tl.load(x_base + pos[None, :] * sx_l + ps[:, None] * sx_p,
+                             mask=valid[None, :] & (ps < P)[:, None], other=0.0)
+                bv = tl.load(b_base + pos[:, None] * sb_l + ns[None, :] * sb_n,
+                             mask=valid[:, None] & (ns < N)[None, :], other=0.0)
+                acc += mm((xv.to(tl.float32) * w[None, :]).to(bv.dtype), bv)
+            if EXP2:
+                decay = tl.exp2(tl.minimum(cs_last, 0.0))
+            else:
+                decay = tl.exp(tl.minimum(cs_last, 0.0))
+            state = decay * state + acc
+        tl.store(final_ptr + bh + s_off, state, mask=smask)
+    elif pid < H * npn + NCB:
+        if FUSE_CB:  # C·Bᵀ tiles: independent of the state, they fill the SMs around it
+            q = pid - H * npn
+            nk = CHUNK // CB_BK
+            ncb = (CHUNK // CB_BM) * nk
+            per_g = NC * ncb
+            gi = q // per_g
+            c = (q % per_g) // ncb
+            t = q % ncb
+            cb_tile(c_ptr, b_ptr, cb_ptr, pid_b, c, gi, t // nk, t % nk, L, N,
+                    sc_b, sc_l, sc_g, sc_n, sb_b, sb_l, sb_g, sb_n,
+                    scb_b, scb_c, scb_g, scb_m, scb_k, CHUNK, CB_BM, CB_BK, CB_BN)
+    else:
+        if FUSE_DT:  # dt and cs of the chunks before C0, which no state program walks
+            q = pid - H * npn - NCB
+            h = q // C0
+            c = q % C0
+            a = tl.load(A_ptr + h).to(tl.float32)
+            if EXP2:
+                a = a * LOG2E_C
+            t_all = tl.arange(0, CHUNK)
+            d_all = load_dt(dtraw_ptr + pid_b * sr_b + h * sr_h, bias_ptr, h, c * CHUNK + t_all, L, sr_l,
+                            HAS_BIAS, SOFTPLUS, dt_min, dt_max)
+            cs_base = ((pid_b * H + h) * NC + c) * CHUNK
+            tl.store(dt_ptr + cs_base + t_all, d_all)
+            tl.store(cs_ptr + cs_base + t_all, tl.cumsum(d_all * a, axis=0))
+
+
+# Fixed tiles for short chunks / explicit cfg; tuned otherwise. Small p/n blocks: the grid has
+# only b·h·(p/BP)·(n/BN) sequential programs, and the SMs need several each.
+SEQ_CFG = dict(BP=32, BN=64, num_warps=4, num_stages=2)
+SEQ_CANDIDATES = [dict(BP=bp, BN=bn, num_warps=w, num_stages=s)
+                  for bp, bn, w, s in ((32, 64, 4, 2), (16, 64, 4, 2), (64, 64, 4, 2), (32, 128, 8, 2))]
+
+
+def chunk_state_passing(pr: Prepared, dt_proc, cs, cb=None, *, dt=None, out_dtype=torch.float32,
+                        exp2=False, last_only=False, cfg=None):
+    """Entering states (b, nc, h, p, n) in out_dtype and the final state (b, h, p, n) fp32.
+
+    dt=(dt_softplus, dt_limit): dt_proc/cs are written here, not read. cb: also fill the C·Bᵀ tiles.
+    last_only (chunk-local `independent`): no entering states (None); the final state is the last
+    chunk's own, from the initial state only when that chunk is the first.
+    """
+    dev = pr.x.device
+    final = torch.empty(pr.b, pr.h, pr.p, pr.n, dtype=torch.float32, device=dev)
+    prev = None if last_only else torch.empty(pr.b, pr.nchunks, pr.h, pr.p, pr.n, dtype=out_dtype, device=dev)
+    c0 = pr.nchunks - 1 if last_only else 0
+    softplus, dt_limit = dt if dt is not None else (True, (0.0, float("inf")))
+    if cb is not None:
+        CB_BM, CB_BK, CB_BN = cb_tiles(pr)
+        ncb = pr.g * pr.nchunks * (pr.chunk // CB_BM) * (pr.chunk // CB_BK)
+        cb_strides = cb.stride()
+    else:
+        cb = final
+        CB_BM = CB_BK = CB_BN = 16
+        ncb = 0
+        cb_strides = (0,) * 5
+    ndt = pr.h * c0 if dt is not None else 0
+    init = pr.initial_state if c0 == 0 else None
+    args = (pr.x, pr.B, dt_proc, cs, final if prev is None else prev, init if init is not None else final,
+            final, pr.dt, pr.A,
+            pr.dt_bias if pr.dt_bias is not None else pr.A, pr.C, cb, *kernel_dt_limit(dt_limit),
+            pr.l, pr.h, pr.p, pr.n, pr.h // pr.g, pr.nchunks, c0, ncb,
+            *pr.x.stride(), *pr.B.stride(), *pr.dt.stride(), *pr.C.stride(), *cb_strides)
+    common = dict(CHUNK=pr.chunk, BK=min(pr.chunk, 256), FUSE_DT=dt is not None,
+                  HAS_BIAS=pr.dt_bias is not None, SOFTPLUS=softplus, EXP2=exp2,
+                  FUSE_CB=ncb > 0, HAS_INIT=init is not None, STORE_PREV=prev is not None,
+                  CB_BM=CB_BM, CB_BK=CB_BK, CB_BN=CB_BN)
+
+    def launch(c):
+        BP, BN = tile(pr.p, c["BP"]), tile(pr.n, c["BN"])
+        npn = triton.cdiv(pr.p, BP) * triton.cdiv(pr.n, BN)
+        _chunk_state_passing_kernel[(pr.h * npn + ncb + ndt, pr.b)](
+            *args, BP=BP, BN=BN, **common, **launch_opts(c["num_warps"], c["num_stages"]))
+
+    if use_tuned(pr, cfg):
+        key = ("chunk_state_passing", pr.p, pr.n, pr.chunk, pr.b, work_bucket(pr.nchunks),
+               pr.x.dtype, out_dtype, dt is not None, ncb > 0, exp2, last_only)
+        launch(pick(key, SEQ_CANDIDATES, launch))
+    else:
+        launch({**SEQ_CFG, **(cfg or {})})
+    return prev, final
+
+
+# "seq": the launch above. "split": chunk_state, then state_passing (many more parallel programs,
+# but the chunk states round-trip through memory). Which is faster depends on b·h·length and the
+# GPU, so the first call for given dims times both; the interpreter runs the first.
+PLANS = ("seq", "split")
+
+
+def entering_states(pr: Prepared, dt_proc, cs, cb, *, dt=None, out_dtype=torch.float32, exp2=False):
+    """(entering states, final state) by the faster plan; cb (b, nc, g, Q, Q) is filled on the way.
+
+    dt=(dt_softplus, dt_limit): dt_proc and cs are computed here; otherwise they are inputs.
+    """
+    def run(plan):
+        if plan == "seq":
+            return chunk_state_passing(pr, dt_proc, cs, cb, dt=dt, out_dtype=out_dtype, exp2=exp2)
+        if dt is None:
+            chunk_cb(pr, out=cb)
+            states = chunk_state(pr, dt_proc, cs, exp2=exp2)
+        else:
+            states = chunk_state(pr, dt_proc, cs, fused=(*dt, cb), exp2=exp2)
+        # fp32 entering states overwrite the chunk states in place (no extra buffer)
+        return state_passing(pr, states, cs, exp2=exp2,
+                             out_dtype=None if out_dtype == torch.float32 else out_dtype)
+
+    if use_tuned(pr, None) and len(PLANS) > 1:
+        key = ("entering_states", pr.p, pr.n, pr.chunk, pr.b, work_bucket(pr.nchunks), pr.h,
+               pr.x.dtype, out_dtype, dt is not None, exp2)
+        return run(pick(key, PLANS, run))
+    return run(PLANS[0])
