@@ -11,4 +11,4 @@ else
     echo "pytest-xdist not installed: running the suite in one process" >&2
     parallel=()
 fi
-exec python3 -m pytest -q -x -p no:cacheprovider ${parallel[@]+"${parallel[@]}"} "$@" tests
+exec python3 -m pytest -q -p no:cacheprovider ${parallel[@]+"${parallel[@]}"} "$@" tests
