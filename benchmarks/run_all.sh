@@ -11,7 +11,7 @@ out=${1:?usage: benchmarks/run_all.sh OUT_DIR [distributed|main|model ...]}
 shift
 parts=${*:-distributed main model}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep the log, show its tail
     local name=$1 limit=$2; shift 2
@@ -22,16 +22,16 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep the log, s
 for part in $parts; do
     case $part in
     distributed)
-        step distributed 200 python3 benchmarks/distributed.py --gpus 2 --prompts 32 --out "$out/distributed.json" ;;
+        step distributed 300 python3 benchmarks/distributed.py --gpus 2 --prompts 48 --out "$out/distributed.json" ;;
     main)
-        CUDA_VISIBLE_DEVICES=1 timeout 370 python3 benchmarks/scoring.py --out "$out/scoring.json" \
+        CUDA_VISIBLE_DEVICES=1 timeout 330 python3 benchmarks/scoring.py --out "$out/scoring.json" \
             >"$out/scoring.log" 2>&1 &
         scoring=$!
-        CUDA_VISIBLE_DEVICES=0 step tests 180 bash tests/run_gpu_checks.sh
-        CUDA_VISIBLE_DEVICES=0 step ssd 160 python3 benchmarks/ssd.py --batches 1 8 --out "$out/ssd.json"
+        CUDA_VISIBLE_DEVICES=0 step tests 150 bash tests/run_gpu_checks.sh
+        CUDA_VISIBLE_DEVICES=0 step ssd 130 python3 benchmarks/ssd.py --batches 1 8 --out "$out/ssd.json"
         wait $scoring; echo "== scoring: exit $?"; tail -n 25 "$out/scoring.log" ;;
     model)
-        CUDA_VISIBLE_DEVICES=0 step model 300 python3 benchmarks/model.py --out "$out/model.json" ;;
+        CUDA_VISIBLE_DEVICES=0 step model 240 python3 benchmarks/model.py --out "$out/model.json" ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
     esac
 done

@@ -1,7 +1,10 @@
 """Split a resumable record-writing job across processes started by ``torchrun``.
 
-Every rank sees the same pending list (the keys not yet in the output file), takes every
-``world_size``-th item, and appends its records to its own shard ``OUT.rankR``. At the end rank 0
+Every rank sees the same pending list (the keys not yet in the output file), cut into the same
+work units (batches) a single process would run, takes every ``world_size``-th unit, and appends
+its records to its own shard ``OUT.rankR``. Whole batches move between ranks, never single items,
+so every record is computed in the same batch, and on GPUs with the same numerics, as it would be
+by one process. At the end rank 0
 merges the shards into ``OUT`` in the order of the pending list, so the file reads as a
 single-process run would write it. A rank that fails leaves its completed records in its shard;
 the next run merges leftover shards before it computes what is pending, so nothing is lost or
@@ -13,7 +16,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -81,8 +84,8 @@ def merge_shards(path: Path, kind: records.Kind, order: Iterable[tuple] = ()) ->
 class ShardedWriter:
     """A RecordWriter for this rank's share of a job; a plain one when there is one process.
 
-    Use: ``with ShardedWriter(out, kind, meta) as w: for r in w.pending(todo): w.write(make(r))``
-    — ``todo`` must be the same list, in the same order, on every rank.
+    Use: ``with ShardedWriter(out, kind, meta) as w: for batch in w.share(batches(w.pending(todo))):
+    ...; w.write(record)`` — ``todo`` must be the same list, in the same order, on every rank.
     """
 
     def __init__(self, path: str | os.PathLike, kind: str | records.Kind, meta: dict | None = None):
@@ -111,7 +114,7 @@ class ShardedWriter:
         return self
 
     def pending(self, todo: Iterable[dict]) -> list[dict]:
-        """This rank's share of the records of ``todo`` whose key is not written yet."""
+        """The records of ``todo`` whose key is not written yet (the same list on every rank)."""
         remaining, seen = [], set()
         self.skipped = 0
         for record in todo:
@@ -122,7 +125,11 @@ class ShardedWriter:
                 seen.add(key)
                 remaining.append(record)
         self._order = [self.kind.key_of(r) for r in remaining]
-        return remaining[self.rank :: self.world_size]
+        return remaining
+
+    def share(self, units: Sequence) -> list:
+        """This rank's units of work (e.g. batches of pending records): every world_size-th one."""
+        return list(units[self.rank :: self.world_size])
 
     def write(self, record: dict) -> None:
         self._writer.write(record)

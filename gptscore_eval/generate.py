@@ -81,11 +81,14 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
     with ShardedWriter(out, "outputs", records.run_metadata(settings)) as writer:
         if writer.existing:
             _check_resume(out, {"model": model, **same})
-        # Under torchrun each rank takes its share of the pending pairs (every rank sees the same list).
-        mine = writer.pending({"id": p["id"], "strategy": s, "index": i}
-                              for s in strategies for i, p in enumerate(prompts))
-        todo = {s: [(t["index"], prompts[t["index"]]) for t in mine if t["strategy"] == s] for s in strategies}
-        total = len(mine)
+        pending = writer.pending({"id": p["id"], "strategy": s, "index": i}
+                                 for s in strategies for i, p in enumerate(prompts))
+        # The batches one process would run; under torchrun each rank takes every world_size-th one.
+        batches = [(s, [(t["index"], prompts[t["index"]]) for t in pairs[start:start + batch_size]])
+                   for s in strategies for pairs in [[t for t in pending if t["strategy"] == s]]
+                   for start in range(0, len(pairs), batch_size)]
+        mine = writer.share(batches)
+        total = sum(len(batch) for _, batch in mine)
         summary = {"out": str(out), "written": 0, "skipped": writer.skipped}
         if not total:  # nothing to do here: do not even load the model
             return summary
@@ -93,7 +96,7 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
             device = default_device()
         lm, tokenizer = load_model(model, strategy=strategies[0], chunk_size=chunk_size, num_layers=num_layers,
                                    dtype=dtype, device=device)
-        _check_lengths(data, [p for pairs in todo.values() for _, p in pairs], tokenizer, lm, max_new_tokens)
+        _check_lengths(data, [p for _, batch in mine for _, p in batch], tokenizer, lm, max_new_tokens)
         generation = {**same, "batch_size": batch_size, "stop_at_eos": True,
                       "num_layers": lm.config.num_hidden_layers, "dtype": str(lm.dtype).removeprefix("torch.")}
         if writer.existing:
@@ -101,26 +104,24 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
                                 "dtype": generation["dtype"]})
         device_name = _device_name(lm.device)
         with tqdm(total=total, desc="generate", unit="output", disable=not progress or writer.rank > 0) as bar:
-            for strategy in strategies:
-                lm.set_strategy(strategy, chunk_size)
+            for strategy, batch in mine:
+                if strategy != lm.strategy:
+                    lm.set_strategy(strategy, chunk_size)
                 bar.set_postfix(strategy=strategy)
-                pairs = todo[strategy]
-                for start in range(0, len(pairs), batch_size):
-                    batch = pairs[start:start + batch_size]
-                    outputs = generate(lm, tokenizer, [p["prompt"] for _, p in batch], max_new_tokens=max_new_tokens,
-                                       use_cache=use_cache, do_sample=do_sample, temperature=temperature,
-                                       top_k=top_k, top_p=top_p, seed=[seed + i for i, _ in batch],
-                                       batch_size=batch_size)
-                    for (_, prompt), g in zip(batch, outputs):
-                        writer.write({
-                            "id": prompt["id"], "strategy": strategy, "chunk_size": lm.chunk_size, "model": model,
-                            "prompt": prompt["prompt"], "reference": prompt["reference"], "output": g.text,
-                            "prompt_tokens": g.prompt_tokens, "output_tokens": g.output_tokens,
-                            "num_chunks": math.ceil(g.prompt_tokens / lm.chunk_size), "generation": generation,
-                            "finish_reason": g.finish_reason, "timings": g.timings(),
-                            "peak_memory_bytes": g.peak_memory_bytes, "device": device_name})
-                        summary["written"] += 1
-                        bar.update(1)
+                outputs = generate(lm, tokenizer, [p["prompt"] for _, p in batch], max_new_tokens=max_new_tokens,
+                                   use_cache=use_cache, do_sample=do_sample, temperature=temperature,
+                                   top_k=top_k, top_p=top_p, seed=[seed + i for i, _ in batch],
+                                   batch_size=batch_size)
+                for (_, prompt), g in zip(batch, outputs):
+                    writer.write({
+                        "id": prompt["id"], "strategy": strategy, "chunk_size": lm.chunk_size, "model": model,
+                        "prompt": prompt["prompt"], "reference": prompt["reference"], "output": g.text,
+                        "prompt_tokens": g.prompt_tokens, "output_tokens": g.output_tokens,
+                        "num_chunks": math.ceil(g.prompt_tokens / lm.chunk_size), "generation": generation,
+                        "finish_reason": g.finish_reason, "timings": g.timings(),
+                        "peak_memory_bytes": g.peak_memory_bytes, "device": device_name})
+                    summary["written"] += 1
+                    bar.update(1)
     return summary
 
 

@@ -61,11 +61,14 @@ def score_outputs(
     label = _template_label(templates)
     skipped = [r for r in outputs if not r["output"].strip()]
     with ShardedWriter(out_path, "scores", meta=run_metadata(settings)) as writer:
-        # Under torchrun each rank takes its share of the pending keys (every rank sees the same list).
-        mine = writer.pending({"id": r["id"], "strategy": r["strategy"], "scorer": scorer_name, "aspect": aspect,
-                               "output": r} for aspect in aspects for r in outputs if r["output"].strip())
-        todo = {aspect: [t["output"] for t in mine if t["aspect"] == aspect] for aspect in aspects}
-        total = len(mine)
+        pending = writer.pending({"id": r["id"], "strategy": r["strategy"], "scorer": scorer_name, "aspect": aspect,
+                                  "output": r} for aspect in aspects for r in outputs if r["output"].strip())
+        # The chunks one process would score; under torchrun each rank takes every world_size-th one.
+        chunks = [(aspect, [t["output"] for t in todo[start : start + chunk_size]])
+                  for aspect in aspects for todo in [[t for t in pending if t["aspect"] == aspect]]
+                  for start in range(0, len(todo), chunk_size)]
+        mine = writer.share(chunks)
+        total = sum(len(chunk) for _, chunk in mine)
         if total and not hasattr(scorer, "score"):
             from gptscore_eval.scorer import GPTScorer
 
@@ -74,20 +77,18 @@ def score_outputs(
             scorer = GPTScorer(scorer_name, batch_size=batch_size, device=device, dtype=dtype, max_length=max_length)
         with tqdm(total=total, unit="output", desc=f"scoring with {scorer_name}",
                   disable=not progress or writer.rank > 0) as bar:
-            for aspect, pending in todo.items():
-                for start in range(0, len(pending), chunk_size):
-                    chunk = pending[start : start + chunk_size]
-                    results = gptscore(
-                        [r["output"] for r in chunk], [r["reference"] for r in chunk], scorer=scorer,
-                        srcs=[r["prompt"] for r in chunk], directions=directions, aspect=aspect,
-                        demos=demo_list, template=template, multi_ref=multi_ref,
-                    )
-                    for record, result in zip(chunk, results):
-                        writer.write({
-                            "id": record["id"], "strategy": record["strategy"], "scorer": scorer_name,
-                            "aspect": aspect, "template": label, "num_chunks": record["num_chunks"], **result,
-                        })
-                    bar.update(len(chunk))
+            for aspect, chunk in mine:
+                results = gptscore(
+                    [r["output"] for r in chunk], [r["reference"] for r in chunk], scorer=scorer,
+                    srcs=[r["prompt"] for r in chunk], directions=directions, aspect=aspect,
+                    demos=demo_list, template=template, multi_ref=multi_ref,
+                )
+                for record, result in zip(chunk, results):
+                    writer.write({
+                        "id": record["id"], "strategy": record["strategy"], "scorer": scorer_name,
+                        "aspect": aspect, "template": label, "num_chunks": record["num_chunks"], **result,
+                    })
+                bar.update(len(chunk))
     written = read_records(out_path, "scores", allow_empty=True).records if Path(out_path).exists() else []
     summary = summarize(written, scorer=scorer_name, aspects=aspects)
     summary["written"] = total

@@ -139,3 +139,19 @@ def test_split_state_plan(kit, strategy, dtype, monkeypatch):
     tol = {} if dtype == torch.float32 else dict(tol=3e-2)
     kit.close(y, ye, **tol)
     kit.close(s, se, **tol)
+
+
+@pytest.mark.parametrize("strategy", TRITON)
+@pytest.mark.parametrize("hb", [2, 4])
+@pytest.mark.parametrize("shape", [(2, 50, 8, 16, 2, 16, 16), (1, 37, 4, 24, 1, 20, 16)],
+                         ids=["b2l50h8g2", "b1l37h4g1"])
+def test_multi_head_scan(kit, strategy, hb, shape, monkeypatch):
+    """The chunk-scan variant with several heads of a group per program (a GPU timing candidate)."""
+    from bamba.kernels import ssd_chunk_scan
+    monkeypatch.setattr(ssd_chunk_scan, "SCAN_CFG", {**ssd_chunk_scan.SCAN_CFG, "HB": hb})
+    b, l, h, p, g, n, Q = shape
+    inp = kit.make(b, l, h, p, g, n, with_d=True, with_bias=True, with_init=True)
+    y, s = bamba.ssd(**inp, chunk_size=Q, strategy=strategy)
+    ye, se = expected(kit, strategy, inp, Q)
+    kit.close(y, ye)
+    kit.close(s, se)

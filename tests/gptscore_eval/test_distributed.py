@@ -16,7 +16,7 @@ TODO = [{"id": f"p{i}", "prompt": f"question {i}?", "reference": f"answer {i}."}
 def job(out, fail_after=None):
     """A stand-in for generate/score: writes one prompt record per pending item."""
     with ShardedWriter(out, "prompts") as w:
-        for n, item in enumerate(w.pending(TODO)):
+        for n, item in enumerate(w.share(w.pending(TODO))):
             if fail_after is not None and n == fail_after:
                 raise RuntimeError("simulated failure")
             w.write({**item, "token_len": len(item["prompt"])})
@@ -86,6 +86,6 @@ def test_shares_partition_the_pending_list(tmp_path, monkeypatch, world_size):
     for rank in range(world_size):
         monkeypatch.setattr("gptscore_eval.distributed.world", lambda r=rank: (r, world_size))
         with ShardedWriter(tmp_path / "x.jsonl", "prompts") as w:
-            shares.append([t["id"] for t in w.pending(TODO + TODO[:2])])
+            shares.append([t["id"] for t in w.share(w.pending(TODO + TODO[:2]))])
     flat = sorted(i for share in shares for i in share)
     assert flat == sorted(t["id"] for t in TODO)

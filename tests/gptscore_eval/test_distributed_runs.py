@@ -19,7 +19,7 @@ from gptscore_eval.scoring import score_outputs
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "data", "demo.jsonl")
 DEVICE = "cuda:0" if torch.cuda.is_available() else "cpu"
-GENERATE = dict(strategies="reference,independent", max_new_tokens=4, limit=3, chunk_size=16, device=DEVICE,
+GENERATE = dict(strategies="reference,independent", max_new_tokens=4, limit=3, batch_size=2, chunk_size=16, device=DEVICE,
                 dtype="float32", progress=False)
 # The scorer would default to bf16 on a GPU: pin fp32, as the comparison below is to 1e-5.
 SCORE = dict(aspects=["plain", "fluency"], device=DEVICE, dtype="float32", progress=False)
@@ -93,11 +93,8 @@ def test_generate_and_score_on_two_ranks_equal_one_process(tmp_path, scorer_dir)
 
     _score(single / "outputs.jsonl", single / "scores.jsonl", scorer_dir)
     run_on_two_ranks(_score, single / "outputs.jsonl", sharded / "scores.jsonl", scorer_dir)
-    one, two = data_of(single / "scores.jsonl"), data_of(sharded / "scores.jsonl")
-    assert [records.SCORES.key_of(r) for r in two] == [records.SCORES.key_of(r) for r in one]
-    for a, b in zip(one, two):  # batches differ between runs: equal up to float rounding
-        assert b["ref_hyp"]["count"] == a["ref_hyp"]["count"]
-        assert b["avg_f"] == pytest.approx(a["avg_f"], abs=1e-5)
+    # Whole batches move between ranks, so each record is computed exactly as by one process.
+    assert data_of(sharded / "scores.jsonl") == data_of(single / "scores.jsonl")
     assert not list(tmp_path.glob("*/*.rank*"))
 
     # A rerun finds nothing to do in the merged file and changes nothing.
