@@ -15,13 +15,6 @@ def tiny_model(**kwargs):
     return _tiny_model(device=DEVICE, **kwargs)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """xdist runs one worker per core: more threads per worker only spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 PROMPTS = [  # 12, 45 and 30 tokens: with chunk 16, decoding crosses a chunk boundary in every row
     "Short one.",

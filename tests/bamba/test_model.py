@@ -26,15 +26,6 @@ _HF_KERNEL_FUNCS = ("causal_conv1d_fn", "causal_conv1d_update", "mamba2_chunk_sc
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """xdist runs one worker per core: more threads per worker only spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True, scope="module")
 def fp32_parity():
     """Make both models compute in IEEE fp32, so that fp32 tolerances hold on a GPU too.
 

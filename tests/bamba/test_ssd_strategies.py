@@ -142,13 +142,14 @@ def test_split_state_plan(kit, strategy, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("strategy", TRITON)
-@pytest.mark.parametrize("hb", [2, 4])
+@pytest.mark.parametrize("hb,bkn", [(2, 128), (4, 16)])
 @pytest.mark.parametrize("shape", [(2, 50, 8, 16, 2, 16, 16), (1, 37, 4, 24, 1, 20, 16)],
                          ids=["b2l50h8g2", "b1l37h4g1"])
-def test_multi_head_scan(kit, strategy, hb, shape, monkeypatch):
-    """The chunk-scan variant with several heads of a group per program (a GPU timing candidate)."""
+def test_multi_head_scan(kit, strategy, hb, bkn, shape, monkeypatch):
+    """The chunk-scan variants a GPU may pick by timing: several heads of a group per program,
+    a state-dim block smaller than n (several inter-chunk steps)."""
     from bamba.kernels import ssd_chunk_scan
-    monkeypatch.setattr(ssd_chunk_scan, "SCAN_CFG", {**ssd_chunk_scan.SCAN_CFG, "HB": hb})
+    monkeypatch.setattr(ssd_chunk_scan, "SCAN_CFG", {**ssd_chunk_scan.SCAN_CFG, "HB": hb, "BKN": bkn})
     b, l, h, p, g, n, Q = shape
     inp = kit.make(b, l, h, p, g, n, with_d=True, with_bias=True, with_init=True)
     y, s = bamba.ssd(**inp, chunk_size=Q, strategy=strategy)

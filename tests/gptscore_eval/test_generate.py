@@ -5,7 +5,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import bamba  # noqa: F401  (before transformers: the Triton interpreter must be chosen before triton is imported)
 from gptscore_eval import records
 from gptscore_eval.cli import main
 from gptscore_eval.generate import generate_outputs
@@ -23,15 +22,6 @@ BASE = ["generate", "--model", "tiny-random", "--strategies", "reference", "--ma
 def device_name():
     """What records say with no --device: the GPU when there is one (cuda:0, named), else the CPU."""
     return f"cuda:0 ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """xdist runs one worker per core: more threads per worker only spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

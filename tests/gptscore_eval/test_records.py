@@ -3,7 +3,6 @@ from pathlib import Path
 
 import pytest
 
-from gptscore_eval import records
 from gptscore_eval.records import RecordError, RecordWriter, read_records, write_records
 
 DATA = Path(__file__).resolve().parents[2] / "data"

@@ -55,16 +55,6 @@ def tiny_llama(vocab_size: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).double().eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: CI's 2 cores are shared by xdist workers, and oversubscribed torch
-    threads spin-wait (10x slower here). Restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def bos_tokenizer():
     return train_tokenizer("<s> $A")

@@ -4,7 +4,6 @@ and one-line errors for bad input."""
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from gptscore_eval import records
@@ -32,15 +31,6 @@ def output_record(qid, prompt, reference, strategy, output):
         "num_chunks": 1, "generation": {"do_sample": False}, "device": "cpu", "peak_memory_bytes": None,
         "timings": {"prefill_s": 0.01, "total_s": 0.1, "tokens_per_s": 100.0},
     }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: CI's 2 shared cores make more threads spin-wait (see test_scorer)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
