@@ -22,7 +22,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep the log, s
 for part in $parts; do
     case $part in
     distributed)
-        step distributed 300 python3 benchmarks/distributed.py --gpus 2 --prompts 48 --out "$out/distributed.json" ;;
+        step distributed 220 python3 benchmarks/distributed.py --gpus 2 --prompts 32 --out "$out/distributed.json" ;;
     main)
         CUDA_VISIBLE_DEVICES=1 timeout 330 python3 benchmarks/scoring.py --out "$out/scoring.json" \
             >"$out/scoring.log" 2>&1 &
@@ -31,7 +31,7 @@ for part in $parts; do
         CUDA_VISIBLE_DEVICES=0 step ssd 130 python3 benchmarks/ssd.py --batches 1 8 --out "$out/ssd.json"
         wait $scoring; echo "== scoring: exit $?"; tail -n 25 "$out/scoring.log" ;;
     model)
-        CUDA_VISIBLE_DEVICES=0 step model 240 python3 benchmarks/model.py --out "$out/model.json" ;;
+        CUDA_VISIBLE_DEVICES=0 step model 240 python3 benchmarks/model.py --no-transformers --out "$out/model.json" ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
     esac
 done
