@@ -22,13 +22,13 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep the log, s
 for part in $parts; do
     case $part in
     distributed)
-        step distributed 220 python3 benchmarks/distributed.py --gpus 2 --prompts 32 --out "$out/distributed.json" ;;
+        step distributed 140 python3 benchmarks/distributed.py --gpus 2 --prompts 16 --out "$out/distributed.json" ;;
     main)
-        CUDA_VISIBLE_DEVICES=1 timeout 330 python3 benchmarks/scoring.py --out "$out/scoring.json" \
+        CUDA_VISIBLE_DEVICES=1 timeout 300 python3 benchmarks/scoring.py --pairs 256 --out "$out/scoring.json" \
             >"$out/scoring.log" 2>&1 &
         scoring=$!
         CUDA_VISIBLE_DEVICES=0 step tests 150 bash tests/run_gpu_checks.sh
-        CUDA_VISIBLE_DEVICES=0 step ssd 130 python3 benchmarks/ssd.py --batches 1 8 --out "$out/ssd.json"
+        CUDA_VISIBLE_DEVICES=0 step ssd 150 python3 benchmarks/ssd.py --batches 1 8 --out "$out/ssd.json"
         wait $scoring; echo "== scoring: exit $?"; tail -n 25 "$out/scoring.log" ;;
     model)
         CUDA_VISIBLE_DEVICES=0 step model 240 python3 benchmarks/model.py --no-transformers --out "$out/model.json" ;;

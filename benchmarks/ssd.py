@@ -198,7 +198,7 @@ def breakdown(results):
 
 def sweep(results):
     """Tile sweep for the two heavy kernels (chunk state fused as in `optimized`, chunk scan)."""
-    from bamba.kernels.ssd_chunk_scan import PREV_PER_CHUNK, chunk_scan
+    from bamba.kernels.ssd_chunk_scan import PREV_PER_CHUNK, SCAN_CANDIDATES, chunk_scan
     from bamba.kernels.ssd_chunk_state import chunk_state
     from bamba.kernels.ssd_common import prepare
     from bamba.kernels.ssd_state_passing import state_passing
@@ -220,14 +220,12 @@ def sweep(results):
                 except Exception as e:  # noqa: BLE001
                     us = f"error: {type(e).__name__}"
                 out.append(dict(kernel="chunk_state_fused", L=L, cfg=cfg, us=us))
-        for bm, bn, bk in ((64, 64, 64), (128, 64, 64), (64, 64, 32), (128, 64, 32), (32, 64, 64)):
-            for w, s in ((4, 2), (4, 3), (8, 2), (8, 3)):
-                cfg = dict(BM=bm, BN=bn, BK=bk, num_warps=w, num_stages=s)
-                try:
-                    us = bench(lambda: chunk_scan(pr, cb, dtp, cs, prev, PREV_PER_CHUNK, exp2=True, cfg=cfg))
-                except Exception as e:  # noqa: BLE001
-                    us = f"error: {type(e).__name__}"
-                out.append(dict(kernel="chunk_scan", L=L, cfg=cfg, us=us))
+        for cfg in SCAN_CANDIDATES:  # incl. the multi-head (HB) and small state-block (BKN) tiles
+            try:
+                us = bench(lambda: chunk_scan(pr, cb, dtp, cs, prev, PREV_PER_CHUNK, exp2=True, cfg=cfg))
+            except Exception as e:  # noqa: BLE001
+                us = f"error: {type(e).__name__}"
+            out.append(dict(kernel="chunk_scan", L=L, cfg=cfg, us=us))
         del pr, dtp, cs, cb, states, prev, inp
         torch.cuda.empty_cache()
     for k in ("chunk_state_fused", "chunk_scan"):

@@ -5,6 +5,8 @@ y_i = Σ_{j≤i} (C_i·B_j)·exp(cs_i−cs_j)·dt_j·x_j  +  exp(cs_i)·(H_{c−
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -18,6 +20,50 @@ PREV_NONE, PREV_PER_CHUNK, PREV_FIRST_CHUNK = 0, 1, 2
 
 
 @triton.jit
+def _prev_head(acc, cv, hp_base, ps, p_ok, nn, N, sp_p, sp_n):
+    """acc += C_i · H_{c−1}ᵀ for one head (the C tile cv is shared by the heads of a group)."""
+    hv = tl.load(hp_base + ps[None, :] * sp_p + nn[:, None] * sp_n,
+                 mask=p_ok[None, :] & (nn < N)[:, None], other=0.0)
+    return acc + mm(cv, hv.to(cv.dtype))
+
+
+@triton.jit
+def _decay_rows(acc, cs_m, EXP2: tl.constexpr):
+    if EXP2:
+        return acc * tl.exp2(tl.minimum(cs_m, 0.0))[:, None]
+    else:
+        return acc * tl.exp(tl.minimum(cs_m, 0.0))[:, None]
+
+
+@triton.jit
+def _intra_head(acc, cb, cs_m, cs_row, dt_row, x_head, ms, ks, k_ok, c, ps, p_ok, sx_l, sx_p,
+                CHUNK: tl.constexpr, EXP2: tl.constexpr):
+    """acc += (C·Bᵀ ∘ decay ∘ dt) · x over one key block, for one head (cb shared by the group)."""
+    cs_k = tl.load(cs_row + ks, mask=k_ok, other=0.0)
+    d_k = tl.load(dt_row + ks, mask=k_ok, other=0.0)
+    seg = tl.minimum(cs_m[:, None] - cs_k[None, :], 0.0)
+    if EXP2:
+        w = tl.exp2(seg)
+    else:
+        w = tl.exp(seg)
+    w = tl.where((ms[:, None] >= ks[None, :]) & k_ok[None, :], cb * w * d_k[None, :], 0.0)
+    xv = tl.load(x_head + (c * CHUNK + ks)[:, None] * sx_l + ps[None, :] * sx_p,
+                 mask=k_ok[:, None] & p_ok[None, :], other=0.0)
+    return acc + mm(w.to(xv.dtype), xv)
+
+
+@triton.jit
+def _finish_head(acc, x_base, y_base, d_ptr, h, pm, m_ok, ps, p_ok, sx_l, sx_p, sy_l, sy_p,
+                 HAS_D: tl.constexpr):
+    if HAS_D:
+        xm = tl.load(x_base + pm[:, None] * sx_l + ps[None, :] * sx_p,
+                     mask=m_ok[:, None] & p_ok[None, :], other=0.0)
+        acc += xm.to(tl.float32) * tl.load(d_ptr + h).to(tl.float32)
+    tl.store(y_base + pm[:, None] * sy_l + ps[None, :] * sy_p,
+             acc.to(y_base.dtype.element_ty), mask=m_ok[:, None] & p_ok[None, :])
+
+
+@triton.jit
 def _chunk_scan_kernel(x_ptr, c_ptr, cb_ptr, dt_ptr, cs_ptr, prev_ptr, d_ptr, y_ptr,
                        L, H, P, N, HPG, NC,
                        sx_b, sx_l, sx_h, sx_p, sc_b, sc_l, sc_g, sc_n,
@@ -25,13 +71,16 @@ def _chunk_scan_kernel(x_ptr, c_ptr, cb_ptr, dt_ptr, cs_ptr, prev_ptr, d_ptr, y_
                        sp_b, sp_c, sp_h, sp_p, sp_n, sy_b, sy_l, sy_h, sy_p,
                        CHUNK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        BKN: tl.constexpr, PREV: tl.constexpr, HAS_D: tl.constexpr,
-                       EXP2: tl.constexpr):
+                       EXP2: tl.constexpr, HB: tl.constexpr):
+    # One program: a (BM × BN) block of y for HB (1, 2 or 4) heads of one group. The heads share
+    # C·Bᵀ and C, so HB > 1 loads those tiles once for all of them (with g = 1 every head
+    # re-reads them otherwise: most of this kernel's L2 traffic). HB = 1 is the plain kernel.
     pid0 = tl.program_id(0)
     pid_bc = tl.program_id(1)
-    h = tl.program_id(2)
+    h0 = tl.program_id(2) * HB
     pid_b = pid_bc // NC
     c = pid_bc % NC
-    gi = h // HPG
+    gi = h0 // HPG
     n_p = tl.cdiv(P, BN)
     pid_m = pid0 // n_p
     pid_n = pid0 % n_p
@@ -40,71 +89,106 @@ def _chunk_scan_kernel(x_ptr, c_ptr, cb_ptr, dt_ptr, cs_ptr, prev_ptr, d_ptr, y_
     pm = c * CHUNK + ms
     m_ok = pm < L
     p_ok = ps < P
-    cs_base = ((pid_b * H + h) * NC + c) * CHUNK
-    cs_m = tl.load(cs_ptr + cs_base + ms, mask=ms < CHUNK, other=0.0)
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    cs_base = ((pid_b * H + h0) * NC + c) * CHUNK
+    hs = NC * CHUNK  # dt/cs offset between consecutive heads
+    cs_m0 = tl.load(cs_ptr + cs_base + ms, mask=ms < CHUNK, other=0.0)
+    cs_m1 = cs_m0
+    cs_m2 = cs_m0
+    cs_m3 = cs_m0
+    if HB > 1:
+        cs_m1 = tl.load(cs_ptr + cs_base + hs + ms, mask=ms < CHUNK, other=0.0)
+    if HB > 2:
+        cs_m2 = tl.load(cs_ptr + cs_base + 2 * hs + ms, mask=ms < CHUNK, other=0.0)
+        cs_m3 = tl.load(cs_ptr + cs_base + 3 * hs + ms, mask=ms < CHUNK, other=0.0)
+    acc0 = tl.zeros((BM, BN), dtype=tl.float32)
+    acc1 = tl.zeros((BM, BN), dtype=tl.float32)
+    acc2 = tl.zeros((BM, BN), dtype=tl.float32)
+    acc3 = tl.zeros((BM, BN), dtype=tl.float32)
     c_base = c_ptr + pid_b * sc_b + gi * sc_g
 
     if PREV != 0:  # inter-chunk part: exp(cs_i) · C_i · H_{c−1}ᵀ
         if PREV == 1:
-            p_base = prev_ptr + pid_b * sp_b + c * sp_c + h * sp_h
+            p_base = prev_ptr + pid_b * sp_b + c * sp_c + h0 * sp_h
             lim = L
         else:  # only the first chunk sees the given initial state
-            p_base = prev_ptr + pid_b * sp_b + h * sp_h
+            p_base = prev_ptr + pid_b * sp_b + h0 * sp_h
             lim = tl.where(c == 0, L, 0)
         for n0 in range(0, N, BKN):
             nn = n0 + tl.arange(0, BKN)
             cv = tl.load(c_base + pm[:, None] * sc_l + nn[None, :] * sc_n,
                          mask=(pm < lim)[:, None] & (nn < N)[None, :], other=0.0)
-            hv = tl.load(p_base + ps[None, :] * sp_p + nn[:, None] * sp_n,
-                         mask=p_ok[None, :] & (nn < N)[:, None], other=0.0)
-            acc += mm(cv, hv.to(cv.dtype))
-        if EXP2:
-            acc *= tl.exp2(tl.minimum(cs_m, 0.0))[:, None]
-        else:
-            acc *= tl.exp(tl.minimum(cs_m, 0.0))[:, None]
+            acc0 = _prev_head(acc0, cv, p_base, ps, p_ok, nn, N, sp_p, sp_n)
+            if HB > 1:
+                acc1 = _prev_head(acc1, cv, p_base + sp_h, ps, p_ok, nn, N, sp_p, sp_n)
+            if HB > 2:
+                acc2 = _prev_head(acc2, cv, p_base + 2 * sp_h, ps, p_ok, nn, N, sp_p, sp_n)
+                acc3 = _prev_head(acc3, cv, p_base + 3 * sp_h, ps, p_ok, nn, N, sp_p, sp_n)
+        acc0 = _decay_rows(acc0, cs_m0, EXP2)
+        if HB > 1:
+            acc1 = _decay_rows(acc1, cs_m1, EXP2)
+        if HB > 2:
+            acc2 = _decay_rows(acc2, cs_m2, EXP2)
+            acc3 = _decay_rows(acc3, cs_m3, EXP2)
 
     # intra-chunk part, causal: only key blocks up to this row block
-    x_base = x_ptr + pid_b * sx_b + h * sx_h
+    x_base = x_ptr + pid_b * sx_b + h0 * sx_h
     cb_base = cb_ptr + pid_b * scb_b + c * scb_c + gi * scb_g
+    dt_row = dt_ptr + cs_base
+    cs_row = cs_ptr + cs_base
     kmax = tl.minimum((pid_m + 1) * BM, tl.minimum(CHUNK, L - c * CHUNK))
     for k0 in range(0, kmax, BK):
         ks = k0 + tl.arange(0, BK)
         k_ok = ks < kmax
         cb = tl.load(cb_base + ms[:, None] * scb_m + ks[None, :] * scb_k,
                      mask=(ms < CHUNK)[:, None] & k_ok[None, :], other=0.0)
-        cs_k = tl.load(cs_ptr + cs_base + ks, mask=k_ok, other=0.0)
-        d_k = tl.load(dt_ptr + cs_base + ks, mask=k_ok, other=0.0)
-        seg = tl.minimum(cs_m[:, None] - cs_k[None, :], 0.0)
-        if EXP2:
-            w = tl.exp2(seg)
-        else:
-            w = tl.exp(seg)
-        w = tl.where((ms[:, None] >= ks[None, :]) & k_ok[None, :], cb * w * d_k[None, :], 0.0)
-        xv = tl.load(x_base + (c * CHUNK + ks)[:, None] * sx_l + ps[None, :] * sx_p,
-                     mask=k_ok[:, None] & p_ok[None, :], other=0.0)
-        acc += mm(w.to(xv.dtype), xv)
+        acc0 = _intra_head(acc0, cb, cs_m0, cs_row, dt_row, x_base, ms, ks, k_ok, c, ps, p_ok,
+                           sx_l, sx_p, CHUNK, EXP2)
+        if HB > 1:
+            acc1 = _intra_head(acc1, cb, cs_m1, cs_row + hs, dt_row + hs, x_base + sx_h, ms, ks, k_ok, c,
+                               ps, p_ok, sx_l, sx_p, CHUNK, EXP2)
+        if HB > 2:
+            acc2 = _intra_head(acc2, cb, cs_m2, cs_row + 2 * hs, dt_row + 2 * hs, x_base + 2 * sx_h, ms, ks,
+                               k_ok, c, ps, p_ok, sx_l, sx_p, CHUNK, EXP2)
+            acc3 = _intra_head(acc3, cb, cs_m3, cs_row + 3 * hs, dt_row + 3 * hs, x_base + 3 * sx_h, ms, ks,
+                               k_ok, c, ps, p_ok, sx_l, sx_p, CHUNK, EXP2)
 
-    if HAS_D:
-        xm = tl.load(x_base + pm[:, None] * sx_l + ps[None, :] * sx_p,
-                     mask=m_ok[:, None] & p_ok[None, :], other=0.0)
-        acc += xm.to(tl.float32) * tl.load(d_ptr + h).to(tl.float32)
-    tl.store(y_ptr + pid_b * sy_b + h * sy_h + pm[:, None] * sy_l + ps[None, :] * sy_p,
-             acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & p_ok[None, :])
+    y_base = y_ptr + pid_b * sy_b + h0 * sy_h
+    _finish_head(acc0, x_base, y_base, d_ptr, h0, pm, m_ok, ps, p_ok, sx_l, sx_p, sy_l, sy_p, HAS_D)
+    if HB > 1:
+        _finish_head(acc1, x_base + sx_h, y_base + sy_h, d_ptr, h0 + 1, pm, m_ok, ps, p_ok,
+                     sx_l, sx_p, sy_l, sy_p, HAS_D)
+    if HB > 2:
+        _finish_head(acc2, x_base + 2 * sx_h, y_base + 2 * sy_h, d_ptr, h0 + 2, pm, m_ok, ps, p_ok,
+                     sx_l, sx_p, sy_l, sy_p, HAS_D)
+        _finish_head(acc3, x_base + 3 * sx_h, y_base + 3 * sy_h, d_ptr, h0 + 3, pm, m_ok, ps, p_ok,
+                     sx_l, sx_p, sy_l, sy_p, HAS_D)
 
 
 # Fixed tiles (capped by the problem's dims) for short chunks / explicit cfg; tuned otherwise.
-SCAN_CFG = dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=2)
-SCAN_CANDIDATES = [dict(BM=bm, BN=64, BK=bk, num_warps=w, num_stages=s)
-                   for bm, bk, w, s in ((64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 2),
-                                        (64, 32, 4, 3), (128, 32, 8, 3), (64, 64, 8, 3))]
+# HB: heads per program (see the kernel); BKN: state-dim block of the inter-chunk product (a
+# smaller one frees registers: sm_90 builds of 4-warp / multi-head tiles spill at BKN=128).
+# The timed pick keeps the plain tiles wherever these are slower.
+SCAN_CFG = dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=2, HB=1, BKN=128)
+SCAN_CANDIDATES = [dict(BM=bm, BN=64, BK=bk, num_warps=w, num_stages=s, HB=hb, BKN=bkn)
+                   for bm, bk, w, s, hb, bkn in (
+                       (64, 64, 4, 2, 1, 128), (64, 64, 4, 3, 1, 128), (128, 64, 8, 2, 1, 128),
+                       (128, 64, 4, 2, 1, 128), (64, 32, 4, 3, 1, 128), (128, 32, 8, 3, 1, 128),
+                       (64, 64, 8, 3, 1, 128),
+                       (64, 64, 4, 2, 1, 32), (64, 64, 8, 2, 1, 32), (128, 64, 8, 2, 1, 32),
+                       (64, 64, 8, 2, 2, 128), (64, 64, 8, 2, 2, 32), (64, 64, 8, 3, 2, 32),
+                       (128, 32, 8, 2, 2, 32), (128, 64, 8, 2, 2, 32),
+                       (64, 32, 8, 2, 4, 32), (64, 64, 8, 2, 4, 32))]
+
+
+def heads_per_program(hb: int, heads_per_group: int) -> int:
+    """The largest power of two <= hb dividing the group's head count (programs stay in a group)."""
+    return math.gcd(hb, heads_per_group)
 
 
 def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cfg=None):
     """y (b, l, h, p) in x's dtype. prev: entering states (b, nc, h, p, n) for PREV_PER_CHUNK,
     the initial state (b, h, p, n) for PREV_FIRST_CHUNK, ignored for PREV_NONE."""
     y = torch.empty(pr.b, pr.l, pr.h, pr.p, dtype=pr.x.dtype, device=pr.x.device)
-    BKN = tile(pr.n, 128)
     if prev_mode == PREV_PER_CHUNK:
         sp = prev.stride()
     elif prev_mode == PREV_FIRST_CHUNK:
@@ -114,12 +198,14 @@ def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cf
     args = (pr.x, pr.C, cb, dt_proc, cs, prev, pr.D if pr.D is not None else pr.A, y,
             pr.l, pr.h, pr.p, pr.n, pr.h // pr.g, pr.nchunks,
             *pr.x.stride(), *pr.C.stride(), *cb.stride(), *sp, *y.stride())
-    common = dict(CHUNK=pr.chunk, BKN=BKN, PREV=prev_mode, HAS_D=pr.D is not None, EXP2=exp2)
+    common = dict(CHUNK=pr.chunk, PREV=prev_mode, HAS_D=pr.D is not None, EXP2=exp2)
 
     def launch(c):
         BM, BK, BN = min(c["BM"], pr.chunk), min(c["BK"], pr.chunk), tile(pr.p, c["BN"])
-        grid = ((pr.chunk // BM) * triton.cdiv(pr.p, BN), pr.b * pr.nchunks, pr.h)
-        _chunk_scan_kernel[grid](*args, BM=BM, BN=BN, BK=BK, **common,
+        HB = heads_per_program(c.get("HB", 1), pr.h // pr.g)
+        BKN = tile(pr.n, c.get("BKN", 128))
+        grid = ((pr.chunk // BM) * triton.cdiv(pr.p, BN), pr.b * pr.nchunks, pr.h // HB)
+        _chunk_scan_kernel[grid](*args, BM=BM, BN=BN, BK=BK, BKN=BKN, HB=HB, **common,
                                  **launch_opts(c["num_warps"], c["num_stages"]))
 
     if use_tuned(pr, cfg):

@@ -1,7 +1,10 @@
 """Host-side plumbing shared by the Triton SSD strategies (no kernels here)."""
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import triton
@@ -69,19 +72,58 @@ def use_tuned(pr: Prepared, cfg) -> bool:
     return cfg is None and pr.chunk >= TUNE_MIN_CHUNK
 
 
+def tuning_file() -> Path:
+    """Where timed tile choices persist: one JSON per GPU model and Triton version.
+
+    Two tilings of the same exact scan round differently, so every process on a machine must use
+    the same choice for results to be reproducible (and outputs of ranks under torchrun to equal a
+    single process's): the first process to time a key writes it, later ones read it.
+    $BAMBA_CACHE, else $XDG_CACHE_HOME/bamba, else ~/.cache/bamba.
+    """
+    base = os.environ.get("BAMBA_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bamba"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    name = f"ssd-tiles-{gpu}-triton{triton.__version__}.json".replace(" ", "_").replace("/", "_")
+    return Path(base) / name
+
+
+def _read_tuning() -> dict:
+    try:
+        return json.loads(tuning_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_tuning(key: str, choice) -> None:
+    """Add one choice to the tuning file atomically (a concurrent writer's keys are kept)."""
+    path = tuning_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = {**_read_tuning(), key: choice}
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: the choice still holds for this process
+        pass
+
+
 def pick(key, candidates, run):
-    """The fastest of ``candidates`` for ``key``, timed once per process, then a dict lookup.
+    """The fastest of ``candidates`` for ``key``: timed once per machine, then a dict lookup.
 
     Replaces triton.autotune: its dispatcher rebuilds a key from ~45 arguments on every call,
-    host time that dominates short sequences. ``run(candidate)`` must be repeatable (it may
-    write the real outputs). The first candidate is used, untimed, under the interpreter and
-    during CUDA-graph capture (timing needs syncs).
+    host time that dominates short sequences. The choice is kept in ``tuning_file()`` so every
+    later process makes the same one. ``run(candidate)`` must be repeatable (it may write the
+    real outputs). The first candidate is used, untimed, under the interpreter and during
+    CUDA-graph capture (timing needs syncs).
     """
     i = _PICKS.get(key)
     if i is not None:
         return candidates[i]
     if INTERPRET or len(candidates) == 1 or torch.cuda.is_current_stream_capturing():
         return candidates[0]
+    stored = _read_tuning().get(repr(key))
+    if stored in candidates:  # a candidate list changed since: time again
+        _PICKS[key] = candidates.index(stored)
+        return stored
     from triton.testing import do_bench
     times = []
     for cand in candidates:
@@ -94,6 +136,7 @@ def pick(key, candidates, run):
     if times[i] == float("inf"):
         raise RuntimeError(f"no candidate ran for {key!r}")
     _PICKS[key] = i
+    _write_tuning(repr(key), candidates[i])
     return candidates[i]
 
 

@@ -1,0 +1,45 @@
+"""Timed tile choices persist, so every process on a machine computes with the same tiling."""
+
+import json
+
+import triton.testing
+
+from bamba.kernels import ssd_common
+
+
+def test_choice_is_timed_once_then_read_back_by_a_fresh_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("BAMBA_CACHE", str(tmp_path))
+    monkeypatch.setattr(ssd_common, "INTERPRET", False)
+    monkeypatch.setattr(ssd_common, "_PICKS", {})
+    monkeypatch.setattr(ssd_common.torch.cuda, "is_current_stream_capturing", lambda: False)  # CPU torch
+    candidates = [{"BM": 64, "num_warps": 4}, {"BM": 128, "num_warps": 8}, {"BM": 32, "num_warps": 4}]
+    speed = {64: 3.0, 128: 1.0, 32: 2.0}  # µs: the second candidate is fastest
+    timed = []
+
+    def fake_bench(fn, **kwargs):
+        fn()
+        return speed[timed[-1]["BM"]]
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    key = ("chunk_scan", 64, 128, 256, 1024, "torch.bfloat16")
+    assert ssd_common.pick(key, candidates, timed.append) == candidates[1]
+    table = json.loads(ssd_common.tuning_file().read_text())
+    assert table == {repr(key): candidates[1]}
+
+    # A new process (empty in-memory table) must not time again, and must choose the same.
+    monkeypatch.setattr(ssd_common, "_PICKS", {})
+
+    def must_not_run(candidate):
+        raise AssertionError("timed again")
+
+    assert ssd_common.pick(key, candidates, must_not_run) == candidates[1]
+    # A candidate list that no longer holds the stored choice is timed afresh.
+    monkeypatch.setattr(ssd_common, "_PICKS", {})
+    assert ssd_common.pick(key, [candidates[0], candidates[2]], timed.append) == candidates[2]
+
+
+def test_interpreter_uses_the_first_candidate_untimed(monkeypatch, tmp_path):
+    monkeypatch.setenv("BAMBA_CACHE", str(tmp_path))
+    monkeypatch.setattr(ssd_common, "INTERPRET", True)
+    assert ssd_common.pick(("k",), ["a", "b"], lambda c: (_ for _ in ()).throw(AssertionError)) == "a"
+    assert not list(tmp_path.iterdir())
