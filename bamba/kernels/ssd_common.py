@@ -51,6 +51,13 @@ def prepare(x, dt, A, B, C, chunk_size, D, dt_bias, initial_state) -> Prepared:
                     chunk_size, triton.cdiv(l, chunk_size))
 
 
+def fused_scratch(pr: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Buffers the fused launch fills for the scan: processed dt, its in-chunk cumsum, C·Bᵀ tiles."""
+    dt_proc = torch.empty(pr.b, pr.h, pr.nchunks, pr.chunk, dtype=torch.float32, device=pr.x.device)
+    cb = torch.empty(pr.b, pr.nchunks, pr.g, pr.chunk, pr.chunk, dtype=torch.float32, device=pr.x.device)
+    return dt_proc, torch.empty_like(dt_proc), cb
+
+
 def tile(dim: int, cap: int) -> int:
     """Power-of-two tile >= 16 (tl.dot's minimum) covering dim up to cap."""
     return max(16, min(cap, triton.next_power_of_2(dim)))

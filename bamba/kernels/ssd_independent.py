@@ -7,20 +7,15 @@ state, from which decode continues and resets at the next chunk boundary); chunk
 """
 from __future__ import annotations
 
-import torch
-
 from .ssd_chunk_scan import PREV_FIRST_CHUNK, PREV_NONE, chunk_scan
 from .ssd_chunk_state_passing import chunk_state_passing
-from .ssd_common import prepare
+from .ssd_common import fused_scratch, prepare
 
 
 def ssd_independent(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=True,
                     dt_limit=(0.0, float("inf")), initial_state=None):
     pr = prepare(x, dt, A, B, C, chunk_size, D, dt_bias, initial_state)
-    dev = pr.x.device
-    dt_proc = torch.empty(pr.b, pr.h, pr.nchunks, pr.chunk, dtype=torch.float32, device=dev)
-    cs = torch.empty_like(dt_proc)
-    cb = torch.empty(pr.b, pr.nchunks, pr.g, pr.chunk, pr.chunk, dtype=torch.float32, device=dev)
+    dt_proc, cs, cb = fused_scratch(pr)
     _, final = chunk_state_passing(pr, dt_proc, cs, cb, dt=(dt_softplus, dt_limit), exp2=True,
                                    last_only=True)
     mode = PREV_NONE if pr.initial_state is None else PREV_FIRST_CHUNK

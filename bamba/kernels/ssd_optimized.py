@@ -14,16 +14,13 @@ import torch
 
 from .ssd_chunk_scan import PREV_PER_CHUNK, chunk_scan
 from .ssd_chunk_state_passing import entering_states
-from .ssd_common import prepare
+from .ssd_common import fused_scratch, prepare
 
 
 def ssd_optimized(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=True,
                   dt_limit=(0.0, float("inf")), initial_state=None):
     pr = prepare(x, dt, A, B, C, chunk_size, D, dt_bias, initial_state)
-    dev = pr.x.device
-    dt_proc = torch.empty(pr.b, pr.h, pr.nchunks, pr.chunk, dtype=torch.float32, device=dev)
-    cs = torch.empty_like(dt_proc)
-    cb = torch.empty(pr.b, pr.nchunks, pr.g, pr.chunk, pr.chunk, dtype=torch.float32, device=dev)
+    dt_proc, cs, cb = fused_scratch(pr)
     hand_off = pr.C.dtype if pr.C.dtype in (torch.bfloat16, torch.float16) else torch.float32
     prev, final = entering_states(pr, dt_proc, cs, cb, dt=(dt_softplus, dt_limit), out_dtype=hand_off,
                                   exp2=True)
