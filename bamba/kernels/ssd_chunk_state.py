@@ -17,6 +17,21 @@ from .utils import LOG2E_C, kernel_dt_limit, mm
 
 
 @triton.jit
+def state_block(acc, x_base, b_base, pos, valid, ps, ns, d_k, cs_k, cs_last, P, N,
+                sx_l, sx_p, sb_l, sb_n, EXP2: tl.constexpr):
+    """acc + Σ_t exp(cs_last − cs_t)·dt_t·x_t·B_tᵀ over one block of positions t (a chunk's state)."""
+    if EXP2:
+        w = tl.exp2(tl.minimum(cs_last - cs_k, 0.0)) * d_k
+    else:
+        w = tl.exp(tl.minimum(cs_last - cs_k, 0.0)) * d_k
+    xv = tl.load(x_base + pos[None, :] * sx_l + ps[:, None] * sx_p,
+                 mask=valid[None, :] & (ps < P)[:, None], other=0.0)
+    bv = tl.load(b_base + pos[:, None] * sb_l + ns[None, :] * sb_n,
+                 mask=valid[:, None] & (ns < N)[None, :], other=0.0)
+    return acc + mm((xv.to(tl.float32) * w[None, :]).to(bv.dtype), bv)
+
+
+@triton.jit
 def _chunk_state_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, st_ptr,
                         dtraw_ptr, A_ptr, bias_ptr, c_ptr, cb_ptr, dt_min, dt_max,
                         L, H, P, N, HPG, NC, NCL, C_OFF,
@@ -71,16 +86,8 @@ def _chunk_state_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, st_ptr,
             else:
                 d_k = tl.load(dt_ptr + cs_base + t, mask=valid, other=0.0)
                 cs_k = tl.load(cs_ptr + cs_base + t, mask=valid, other=0.0)
-            if EXP2:
-                w = tl.exp2(tl.minimum(cs_last - cs_k, 0.0)) * d_k
-            else:
-                w = tl.exp(tl.minimum(cs_last - cs_k, 0.0)) * d_k
-            xv = tl.load(x_base + pos[None, :] * sx_l + ps[:, None] * sx_p,
-                         mask=valid[None, :] & (ps < P)[:, None], other=0.0)
-            bv = tl.load(b_base + pos[:, None] * sb_l + ns[None, :] * sb_n,
-                         mask=valid[:, None] & (ns < N)[None, :], other=0.0)
-            xw = (xv.to(tl.float32) * w[None, :]).to(bv.dtype)
-            acc += mm(xw, bv)
+            acc = state_block(acc, x_base, b_base, pos, valid, ps, ns, d_k, cs_k, cs_last, P, N,
+                              sx_l, sx_p, sb_l, sb_n, EXP2)
         tl.store(st_ptr + pid_b * ss_b + (pid_bc % NCL) * ss_c + h * ss_h + ps[:, None] * ss_p + ns[None, :] * ss_n,
                  acc, mask=(ps < P)[:, None] & (ns < N)[None, :])
     else:

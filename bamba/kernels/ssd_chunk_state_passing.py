@@ -17,10 +17,10 @@ import triton.language as tl
 
 from .ssd_bmm import cb_tile, cb_tiles, chunk_cb
 from .ssd_chunk_cumsum import load_dt
-from .ssd_chunk_state import chunk_state
+from .ssd_chunk_state import chunk_state, state_block
 from .ssd_common import Prepared, launch_opts, pick, tile, use_tuned, work_bucket
 from .ssd_state_passing import state_passing
-from .utils import LOG2E_C, kernel_dt_limit, mm
+from .utils import LOG2E_C, kernel_dt_limit
 
 
 @triton.jit
@@ -91,15 +91,8 @@ def _chunk_state_passing_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, prev_ptr, init_ptr
                 else:
                     d_k = tl.load(dt_ptr + cs_base + t, mask=valid, other=0.0)
                     cs_k = tl.load(cs_ptr + cs_base + t, mask=valid, other=0.0)
-                if EXP2:
-                    w = tl.exp2(tl.minimum(cs_last - cs_k, 0.0)) * d_k
-                else:
-                    w = tl.exp(tl.minimum(cs_last - cs_k, 0.0)) * d_k
-                xv = tl.load(x_base + pos[None, :] * sx_l + ps[:, None] * sx_p,
-                             mask=valid[None, :] & (ps < P)[:, None], other=0.0)
-                bv = tl.load(b_base + pos[:, None] * sb_l + ns[None, :] * sb_n,
-                             mask=valid[:, None] & (ns < N)[None, :], other=0.0)
-                acc += mm((xv.to(tl.float32) * w[None, :]).to(bv.dtype), bv)
+                acc = state_block(acc, x_base, b_base, pos, valid, ps, ns, d_k, cs_k, cs_last, P, N,
+                                  sx_l, sx_p, sb_l, sb_n, EXP2)
             if EXP2:
                 decay = tl.exp2(tl.minimum(cs_last, 0.0))
             else:
