@@ -96,34 +96,29 @@ class ShardedWriter:
         self.meta.setdefault("rank", self.rank)
         self.meta.setdefault("world_size", self.world_size)
         self._order: list[tuple] = []
-        self.existing = 0  # records already in the file
+        self.written: list[dict] = []  # the records already in the file
         self.skipped = 0  # records asked for in ``pending`` that were already there
         self._writer: records.RecordWriter | None = None
 
     def __enter__(self) -> "ShardedWriter":
         if self.rank == 0:
             merge_shards(self.path, self.kind)  # leftovers of a run that failed
-            if self.path.exists():
+        if self.world_size == 1:  # the plain writer repairs and reads the file itself
+            self._writer = records.RecordWriter(self.path, self.kind, self.meta)
+            self.written = self._writer.existing
+        else:
+            if self.rank == 0 and self.path.exists():
                 records.repair_partial_last_line(self.path)
-        barrier()
-        exists = self.path.exists()
-        self._done = records.read_records(self.path, self.kind, allow_empty=True).keys() if exists else set()
-        self.existing = len(self._done)
-        target = self.path if self.world_size == 1 else shard_path(self.path, self.rank)
-        self._writer = records.RecordWriter(target, self.kind, self.meta)
+            barrier()
+            if self.path.exists():
+                self.written = records.read_records(self.path, self.kind, allow_empty=True).records
+            self._writer = records.RecordWriter(shard_path(self.path, self.rank), self.kind, self.meta)
+        self._done = {self.kind.key_of(r) for r in self.written}
         return self
 
     def pending(self, todo: Iterable[dict]) -> list[dict]:
         """The records of ``todo`` whose key is not written yet (the same list on every rank)."""
-        remaining, seen = [], set()
-        self.skipped = 0
-        for record in todo:
-            key = self.kind.key_of(record)
-            if key in self._done:
-                self.skipped += 1
-            elif key not in seen:
-                seen.add(key)
-                remaining.append(record)
+        remaining, self.skipped = records.split_done(self.kind, todo, self._done)
         self._order = [self.kind.key_of(r) for r in remaining]
         return remaining
 

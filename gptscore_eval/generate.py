@@ -79,8 +79,8 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
     same = {"max_new_tokens": max_new_tokens, "use_cache": use_cache, "do_sample": do_sample,
             "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
     with ShardedWriter(out, "outputs", records.run_metadata(settings)) as writer:
-        if writer.existing:
-            _check_resume(out, {"model": model, **same})
+        if writer.written:
+            _check_resume(out, writer.written, {"model": model, **same})
         pending = writer.pending({"id": p["id"], "strategy": s, "index": i}
                                  for s in strategies for i, p in enumerate(prompts))
         # The batches one process would run; under torchrun each rank takes every world_size-th one.
@@ -99,9 +99,9 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
         _check_lengths(data, [p for _, batch in mine for _, p in batch], tokenizer, lm, max_new_tokens)
         generation = {**same, "batch_size": batch_size, "stop_at_eos": True,
                       "num_layers": lm.config.num_hidden_layers, "dtype": str(lm.dtype).removeprefix("torch.")}
-        if writer.existing:
-            _check_resume(out, {"chunk_size": lm.chunk_size, "num_layers": generation["num_layers"],
-                                "dtype": generation["dtype"]})
+        if writer.written:
+            _check_resume(out, writer.written, {"chunk_size": lm.chunk_size, "dtype": generation["dtype"],
+                                                "num_layers": generation["num_layers"]})
         device_name = _device_name(lm.device)
         with tqdm(total=total, desc="generate", unit="output", disable=not progress or writer.rank > 0) as bar:
             for strategy, batch in mine:
@@ -125,9 +125,9 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
     return summary
 
 
-def _check_resume(out, expected: dict) -> None:
+def _check_resume(out, written: list[dict], expected: dict) -> None:
     """Refuse to append to a file whose outputs were made with another model or other settings."""
-    for r in records.read_records(out, "outputs").records:
+    for r in written:
         for name, value in expected.items():
             old = r[name] if name in ("model", "chunk_size") else r["generation"].get(name, value)
             if old != value:

@@ -369,10 +369,11 @@ class RecordWriter:
         self.meta = meta if meta is not None else run_metadata()
         self.repaired_bytes = 0
         self._file = None
-        self._keys: set[tuple] = set()
+        self.existing: list[dict] = []  # the records already in the file when it was opened
         if self.path.exists():
             self.repaired_bytes = repair_partial_last_line(self.path)
-            self._keys = read_records(self.path, self.kind, allow_empty=True).keys()
+            self.existing = read_records(self.path, self.kind, allow_empty=True).records
+        self._keys = {self.kind.key_of(r) for r in self.existing}
 
     @property
     def run_id(self) -> str:
@@ -386,13 +387,7 @@ class RecordWriter:
 
     def pending(self, records: Iterable[dict]) -> list[dict]:
         """The records whose key is not yet in the file (first occurrence of each key)."""
-        out, seen = [], set(self._keys)
-        for record in records:
-            key = self.kind.key_of(record)
-            if key not in seen:
-                seen.add(key)
-                out.append(record)
-        return out
+        return split_done(self.kind, records, self._keys)[0]
 
     def write(self, record: dict) -> None:
         # A record copied from another file (a merged shard) keeps the run id it was made by.
@@ -423,6 +418,19 @@ class RecordWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def split_done(kind: Kind, records: Iterable[dict], done: set[tuple]) -> tuple[list[dict], int]:
+    """(the records whose key is not in ``done``, first occurrence of each; how many were in it)."""
+    remaining, seen, skipped = [], set(done), 0
+    for record in records:
+        key = kind.key_of(record)
+        if key in done:
+            skipped += 1
+        elif key not in seen:
+            seen.add(key)
+            remaining.append(record)
+    return remaining, skipped
 
 
 def repair_partial_last_line(path: Path) -> int:
