@@ -6,6 +6,7 @@ On the CPU the Triton strategies run under the Triton interpreter (a few seconds
 the models are tiny: hidden 32, Mamba heads 4 x 16, state 16, chunk 16, prompts of 40-70 tokens.
 """
 import contextlib
+import functools
 import inspect
 import json
 import math
@@ -85,7 +86,27 @@ def make_checkpoint(path, *, n_groups, attn_layer_indices=(1,), num_layers=3, se
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
     model.save_pretrained(path)
-    return model.to(DEVICE)
+    return _groupwise_gated_norm(model).to(DEVICE)
+
+
+def _groupwise_gated_norm(model):
+    """transformers before 5.23 RMS-normalises the gated output over all SSM groups at once in its
+    PyTorch path; Mamba2 (mamba_ssm's RMSNormGated, which Bamba checkpoints were trained with),
+    our model and later transformers normalise each group on its own. With one group both agree.
+    For an older transformers, give its norms the group-wise definition so the comparison holds."""
+    for layer in model.model.layers:
+        mixer = getattr(layer, "mamba", None)
+        if mixer is not None and not hasattr(mixer.norm, "group_size"):
+            group_size = mixer.intermediate_size // mixer.n_groups
+            mixer.norm.forward = functools.partial(_groupwise_forward, mixer.norm, group_size)
+    return model
+
+
+def _groupwise_forward(norm, group_size, hidden_states, gate):
+    h = hidden_states.float() * torch.nn.functional.silu(gate.float())
+    h = h.unflatten(-1, (-1, group_size))
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * h.flatten(-2).to(hidden_states.dtype)
 
 
 @pytest.fixture(scope="module")
