@@ -45,12 +45,14 @@ class Generation:
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, use_cache: bool = True,
              do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, seed: int | list[int] = 0, batch_size: int = 1,
-             stop_at_eos: bool = True) -> list[Generation]:
+             stop_at_eos: bool = True, chat_template: bool | None = None) -> list[Generation]:
     """Generate up to `max_new_tokens` for each prompt with `model`'s current strategy.
 
     Batches of `batch_size` prompts are left-padded. `use_cache=False` recomputes the whole
     sequence at every step (the seed study's performance mode) instead of decoding from the cache.
     Prompt i samples from its own generator seeded with `seed + i`, or `seed[i]` for a list.
+    Each prompt is one user turn of the tokenizer's chat template where it has one (see
+    `encode_prompt`; `chat_template=False` encodes the bare prompt).
     """
     if isinstance(prompts, str):
         raise ValueError("prompts: expected a list of strings, got one string")
@@ -58,7 +60,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, use_c
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
     if len(seeds) != len(prompts):
         raise ValueError(f"seed: expected one seed per prompt ({len(prompts)}), got {len(seeds)}")
-    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    encoded = [encode_prompt(tokenizer, p, chat_template) for p in prompts]
     limit = model.config.max_position_embeddings
     for i, ids in enumerate(encoded):
         if not ids:
@@ -75,6 +77,19 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, use_c
         out += _generate_batch(model, tokenizer, [prompts[i] for i in rows], [encoded[i] for i in rows],
                                max_new_tokens, use_cache, sample, eos)
     return out
+
+
+def encode_prompt(tokenizer, prompt: str, chat_template: bool | None = None) -> list[int]:
+    """Token ids of a prompt. An instruction-tuned model expects its chat format, so with
+    `chat_template=None` a tokenizer that has a template gets the prompt as one user turn followed
+    by the assistant's header; `True` requires a template, `False` encodes the bare prompt."""
+    use = getattr(tokenizer, "chat_template", None) is not None if chat_template is None else chat_template
+    if not use:
+        return tokenizer(prompt)["input_ids"]
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("chat_template: the tokenizer has no chat template")
+    return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                              tokenize=True, return_dict=True)["input_ids"])
 
 
 @torch.inference_mode()

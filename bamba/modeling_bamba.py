@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import STRATEGIES, causal_conv1d, causal_conv1d_update, ssd, ssd_step
-from .ssd import get_strategy
+from .ssd import check_backend, get_strategy
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -199,6 +199,7 @@ class Batch:
     cache: BambaCache | None
     strategy: str
     chunk_size: int
+    backend: str                    # bamba.ssd's BACKENDS: the strategy's kernels or its PyTorch twin
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,11 +274,14 @@ class BambaMixer(nn.Module):
             xBC = xBC * mask[..., None]
 
         weight = self.conv1d.weight[:, 0]
+        conv_backend = "reference" if batch.backend == "torch" else None  # None: Triton on CUDA tensors
         if cache is not None and past > 0 and l == 1:
-            xBC = causal_conv1d_update(xBC[:, 0], cache.conv[self.layer], weight, self.conv1d.bias)[:, None]
+            xBC = causal_conv1d_update(xBC[:, 0], cache.conv[self.layer], weight, self.conv1d.bias,
+                                       backend=conv_backend)[:, None]
         else:
             conv_state = cache.conv[self.layer] if cache is not None and past > 0 else None
-            xBC, new_conv_state = causal_conv1d(xBC, weight, self.conv1d.bias, conv_state=conv_state)
+            xBC, new_conv_state = causal_conv1d(xBC, weight, self.conv1d.bias, conv_state=conv_state,
+                                                backend=conv_backend)
             if cache is not None:
                 cache.conv[self.layer].copy_(new_conv_state)
         if mask is not None:  # x = 0 at pads: no input enters the (still zero) SSM state
@@ -287,7 +291,7 @@ class BambaMixer(nn.Module):
 
         A = -torch.exp(self.A_log.float())
         ssm_args = dict(D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit,
-                        strategy=batch.strategy)
+                        strategy=batch.strategy, backend=batch.backend)
         if cache is not None and past > 0 and l == 1:
             y = ssd_step(cache.ssm[self.layer], x.view(b, self.num_heads, self.head_dim), dt[:, 0], A,
                          B.view(b, self.n_groups, self.d_state), C.view(b, self.n_groups, self.d_state),
@@ -440,6 +444,7 @@ class BambaForCausalLM(nn.Module):
         self.path: Path | None = None  # the checkpoint directory (where its tokenizer lives)
         self.strategy = "default"
         self.chunk_size = config.mamba_chunk_size
+        self.backend = "triton"
 
     @property
     def device(self) -> torch.device:
@@ -449,12 +454,15 @@ class BambaForCausalLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
 
-    def set_strategy(self, name: str, chunk_size: int | None = None) -> "BambaForCausalLM":
-        """Choose the SSD strategy (one of `bamba.STRATEGIES`) and chunk size (default: the checkpoint's)."""
+    def set_strategy(self, name: str, chunk_size: int | None = None, *, backend: str | None = None
+                     ) -> "BambaForCausalLM":
+        """Choose the SSD strategy (one of `bamba.STRATEGIES`), chunk size (default: the
+        checkpoint's) and backend ("triton" or "torch", see `bamba.ssd.BACKENDS`; default: keep)."""
         if name not in STRATEGIES:
             raise ValueError(f"strategy: expected one of {', '.join(STRATEGIES)}, got {name!r}")
         self.chunk_size = check_chunk_size(self.config.mamba_chunk_size if chunk_size is None else chunk_size)
         self.strategy = name
+        self.backend = check_backend(self.backend if backend is None else backend)
         return self
 
     def new_cache(self, batch_size: int, max_length: int) -> BambaCache:
@@ -486,7 +494,7 @@ class BambaForCausalLM(nn.Module):
         cos, sin = rotary_angles(positions, self.config, hidden.dtype)
         padded = mask is not None or (cache is not None and cache.padded)
         batch = Batch(mask, pads, self._attention_mask(mask, cache, l, padded), cos, sin, positions, cache,
-                      self.strategy, self.chunk_size)
+                      self.strategy, self.chunk_size, self.backend)
         for layer in self.model.layers:
             hidden = layer(hidden, batch)
         if cache is not None:
@@ -539,7 +547,7 @@ class BambaForCausalLM(nn.Module):
 
     @classmethod
     def from_config(cls, config: BambaConfig, *, strategy: str = "default", chunk_size: int | None = None,
-                    dtype=None, device=None, seed: int = 0) -> "BambaForCausalLM":
+                    dtype=None, device=None, seed: int = 0, backend: str = "triton") -> "BambaForCausalLM":
         """Random weights, initialised as transformers does, on `device` (fast at 9B dims) from a
         seeded generator: the same seed gives the same weights on the same kind of device."""
         device = _device(device)
@@ -560,15 +568,17 @@ class BambaForCausalLM(nn.Module):
                 else:
                     p.normal_(0.0, 0.02, generator=generator)
         model.requires_grad_(False)
-        return model.to(dtype=_dtype(dtype, config)).eval().set_strategy(strategy, chunk_size)
+        return model.to(dtype=_dtype(dtype, config)).eval().set_strategy(strategy, chunk_size, backend=backend)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, *, strategy: str = "default", chunk_size: int | None = None,
-                        num_layers: int | None = None, dtype=None, device=None) -> "BambaForCausalLM":
+                        num_layers: int | None = None, dtype=None, device=None,
+                        backend: str = "triton") -> "BambaForCausalLM":
         """Load a Hugging Face Bamba checkpoint: a directory with config.json and model.safetensors
         (or shards listed in model.safetensors.index.json), or a Hub id when online."""
         if strategy not in STRATEGIES:  # before any slow loading
             raise ValueError(f"strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        check_backend(backend)
         path = _resolve(path_or_id)
         config = BambaConfig.from_json(path / "config.json")
         if num_layers is not None:
@@ -592,7 +602,7 @@ class BambaForCausalLM(nn.Module):
             model.lm_head.weight = model.model.embed_tokens.weight
         model.requires_grad_(False)
         model.name_or_path, model.path = str(path_or_id), path
-        return model.eval().set_strategy(strategy, chunk_size)
+        return model.eval().set_strategy(strategy, chunk_size, backend=backend)
 
 
 def _dtype(dtype, config: BambaConfig) -> torch.dtype:

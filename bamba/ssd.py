@@ -22,6 +22,7 @@ class Strategy:
     exact: bool         # equals the recurrence up to rounding
     chunk_local: bool   # state is reset at every chunk boundary (decode must reset too)
     description: str
+    torch_scan: Callable = _ref.ssd_reference  # the same math in PyTorch: backend="torch"
 
 
 def _triton(module: str, attr: str):
@@ -48,15 +49,27 @@ REGISTRY: dict[str, Strategy] = {
     "optimized": Strategy("optimized", _triton("ssd_optimized", "ssd_optimized"), _step_triton, True,
                           False, "Triton, same math: fused dt/cumsum, exp2, bf16 state hand-off"),
     "independent": Strategy("independent", _triton("ssd_independent", "ssd_independent"), _step_triton,
-                            False, True, "Triton, chunk-local: every chunk starts from zero state"),
+                            False, True, "Triton, chunk-local: every chunk starts from zero state",
+                            _ref.ssd_chunk_local_reference),
 }
 STRATEGIES: tuple[str, ...] = tuple(REGISTRY)
+# "triton": the strategy's kernels (on CUDA, or under the Triton interpreter without a GPU);
+# "torch": its definition in PyTorch (exact strategies: the reference scan; independent: the
+# reference scan restarted at every chunk), for CPUs, where the interpreter is far too slow to
+# serve a model.
+BACKENDS = ("triton", "torch")
 
 
-def _check_runnable(impl: Strategy, x) -> None:
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _check_runnable(impl: Strategy, x, backend: str) -> None:
     """Triton kernels need CUDA tensors, or the interpreter chosen before bamba was imported."""
     from .kernels import INTERPRET
-    if impl.name != "reference" and not x.is_cuda and not INTERPRET:
+    if check_backend(backend) == "triton" and impl.name != "reference" and not x.is_cuda and not INTERPRET:
         raise ValueError(f"x: expected a CUDA tensor for Triton strategy {impl.name!r} (or run with "
                          f"TRITON_INTERPRET=1 set before importing bamba), got device {x.device}")
 
@@ -68,25 +81,25 @@ def get_strategy(strategy: str) -> Strategy:
 
 
 def ssd(x, dt, A, B, C, *, chunk_size, D=None, dt_bias=None, dt_softplus=True,
-        dt_limit=(0.0, float("inf")), initial_state=None, strategy="default"):
+        dt_limit=(0.0, float("inf")), initial_state=None, strategy="default", backend="triton"):
     """Chunked SSD scan. Returns (y like x, final_state fp32 (b,h,p,n); fp64 for fp64 inputs).
 
     ``independent`` treats the sequence as starting at a chunk boundary; ``initial_state``
-    seeds its first chunk only.
+    seeds its first chunk only. ``backend``: see BACKENDS.
     """
     impl = get_strategy(strategy)
     check_chunk_size(chunk_size)
     check_ssd_args(x, dt, A, B, C, D, dt_bias, initial_state, dt_limit)
     dt_limit = check_dt_limit(dt_limit)
-    _check_runnable(impl, x)
+    _check_runnable(impl, x, backend)
     if x.shape[1] == 0:
         raise ValueError(f"x: expected a sequence length >= 1, got shape {tuple(x.shape)}")
-    return impl.scan(x, dt, A, B, C, chunk_size, D, dt_bias, bool(dt_softplus), dt_limit,
-                     initial_state)
+    scan = impl.torch_scan if backend == "torch" else impl.scan
+    return scan(x, dt, A, B, C, chunk_size, D, dt_bias, bool(dt_softplus), dt_limit, initial_state)
 
 
 def ssd_step(state, x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus=True,
-             dt_limit=(0.0, float("inf")), strategy="default", chunk_size=None, position=None):
+             dt_limit=(0.0, float("inf")), strategy="default", chunk_size=None, position=None, backend="triton"):
     """One recurrent token: updates ``state`` (b,h,p,n fp32) in place and returns y (b,h,p).
 
     For chunk-local strategies (``independent``) ``chunk_size`` and ``position`` (int or (b,)
@@ -99,7 +112,7 @@ def ssd_step(state, x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus=True,
     if state.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"state: expected dtype float32 (or float64), got {state.dtype}")
     dt_limit = check_dt_limit(dt_limit)
-    _check_runnable(impl, x)
+    _check_runnable(impl, x, backend)
     reset = None
     if impl.chunk_local:
         if chunk_size is None or position is None:
@@ -117,4 +130,5 @@ def ssd_step(state, x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus=True,
             pos = None
         # an int position resets every sequence or none: a Python bool, no tensor ops (host time)
         reset = (position % chunk_size) == 0 if pos is None else (pos % chunk_size) == 0
-    return impl.step(state, x, dt, A, B, C, D, dt_bias, bool(dt_softplus), dt_limit, reset)
+    step = _ref.ssd_step_reference if backend == "torch" else impl.step
+    return step(state, x, dt, A, B, C, D, dt_bias, bool(dt_softplus), dt_limit, reset)

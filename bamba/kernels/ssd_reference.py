@@ -21,7 +21,9 @@ def _heads(t, h):
 
 
 def ssd_reference(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=True,
-                  dt_limit=(0.0, float("inf")), initial_state=None):
+                  dt_limit=(0.0, float("inf")), initial_state=None, chunk_local=False):
+    """The exact scan, one chunk at a time; `chunk_local` starts every chunk after the first from
+    zero state (the `independent` strategy's definition)."""
     b, l, h, p = x.shape
     n = B.shape[-1]
     cd = _compute_dtype(x)
@@ -33,6 +35,8 @@ def ssd_reference(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=
     for s in range(0, l, chunk_size):
         e = min(s + chunk_size, l)
         q = e - s
+        if chunk_local and s > 0:
+            state = torch.zeros_like(state)
         xc = x[:, s:e].to(cd)                       # (b, q, h, p)
         dtc = dt[:, s:e]                            # (b, q, h)
         Bc = _heads(B[:, s:e].to(cd), h)            # (b, q, h, n)
@@ -76,3 +80,7 @@ def ssd_step_reference(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=
     if D is not None:
         y = y + xc * D.to(cd)[:, None]
     return y.to(x.dtype)
+
+
+def ssd_chunk_local_reference(*args, **kwargs):
+    return ssd_reference(*args, **kwargs, chunk_local=True)
