@@ -109,7 +109,7 @@ def plot(kind: str, files: tuple[str, ...], out: str, **options) -> None:
 
 
 @main.command()
-@click.option("--model", "model_name", required=True, help="Bamba checkpoint directory, Hub id, or tiny-random.")
+@click.option("--model", "model_name", required=True, help="Bamba checkpoint directory, Hub id, bamba-tiny (shipped, trained) or tiny-random.")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Prompt set (JSONL).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="outputs.jsonl to append to.")
 @click.option("--strategies", default="default", show_default=True,
@@ -128,9 +128,13 @@ def plot(kind: str, files: tuple[str, ...], out: str, **options) -> None:
 @click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--top-k", type=click.IntRange(min=1))
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True))
+@click.option("--chat-template/--no-chat-template", default=None,
+              help="Wrap each prompt in the tokenizer's chat template; default: when it has one.")
+@click.option("--backend", type=click.Choice(["triton", "torch"]),
+              help="SSD kernels (triton) or their PyTorch definitions (torch); default: triton on GPU, torch on CPU.")
 @user_errors
 def generate(model_name, data, out, strategies, max_new_tokens, num_layers, chunk_size, no_cache, limit, batch_size,
-             device, dtype, seed, sample, temperature, top_k, top_p) -> None:
+             device, dtype, seed, sample, temperature, top_k, top_p, chat_template, backend) -> None:
     """Generate an output for every prompt x strategy (resumable: done pairs are skipped)."""
     from gptscore_eval.generate import generate_outputs  # imports torch: only when generating
 
@@ -138,7 +142,7 @@ def generate(model_name, data, out, strategies, max_new_tokens, num_layers, chun
         model_name, data, out, strategies=strategies, max_new_tokens=max_new_tokens, num_layers=num_layers,
         chunk_size=chunk_size, use_cache=not no_cache, limit=limit, batch_size=batch_size, device=device,
         dtype=None if dtype == "auto" else dtype, seed=seed, do_sample=sample, temperature=temperature,
-        top_k=top_k, top_p=top_p)
+        top_k=top_k, top_p=top_p, chat_template=chat_template, backend=backend)
     click.echo(f"{out}: wrote {summary['written']} records, skipped {summary['skipped']} already there")
 
 
@@ -181,9 +185,10 @@ def _comma_list(text: str) -> list[str]:
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
               help="Directory for outputs.jsonl, scores.jsonl and the report.")
-@click.option("--model", default="tiny-random", show_default=True, help="Bamba checkpoint directory or tiny-random.")
+@click.option("--model", default="bamba-tiny", show_default=True,
+              help="bamba-tiny (shipped, trained), tiny-random, or a Bamba checkpoint directory.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first K demo prompts.")
-@click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-new-tokens", default=48, show_default=True, type=click.IntRange(min=1))
 @click.option("--resamples", "n_resamples", default=9999, show_default=True, type=click.IntRange(min=99))
 @user_errors
 def demo(out, model, limit, max_new_tokens, n_resamples) -> None:

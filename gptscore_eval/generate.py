@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from gptscore_eval import records
 from gptscore_eval.distributed import ShardedWriter, default_device
 
 TINY = "tiny-random"
+# Models shipped with the project, by name: the small Bamba distilled from SmolLM2-135M-Instruct.
+EMBEDDED = {"bamba-tiny": Path(__file__).resolve().parent.parent / "data" / "models" / "bamba-tiny"}
 
 
 def load_model(name: str, *, strategy: str = "default", chunk_size: int | None = None,
                num_layers: int | None = None, dtype: str | None = None, device: str | None = None):
-    """(model, tokenizer) for a checkpoint directory, a Hub id, or `tiny-random`."""
+    """(model, tokenizer) for a checkpoint directory, a Hub id, `tiny-random` or an EMBEDDED name."""
     if name == TINY:
         from bamba.tiny import tiny_model, tiny_tokenizer
 
@@ -27,7 +30,7 @@ def load_model(name: str, *, strategy: str = "default", chunk_size: int | None =
     from bamba import BambaForCausalLM
     from transformers import AutoTokenizer
 
-    model = BambaForCausalLM.from_pretrained(name, strategy=strategy, chunk_size=chunk_size, num_layers=num_layers,
+    model = BambaForCausalLM.from_pretrained(EMBEDDED.get(name, name), strategy=strategy, chunk_size=chunk_size, num_layers=num_layers,
                                              dtype=dtype, device=device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model.path))
@@ -56,12 +59,16 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
                      chunk_size: int | None = None, use_cache: bool = True, limit: int | None = None,
                      batch_size: int = 1, device: str | None = None, dtype: str | None = None, seed: int = 0,
                      do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
-                     top_p: float | None = None, progress: bool = True) -> dict:
+                     top_p: float | None = None, chat_template: bool | None = None, backend: str | None = None,
+                     progress: bool = True) -> dict:
     """Write OUTPUTS records for every (prompt, strategy) not yet in `out`; return counts.
 
-    `model` is a checkpoint directory, a Hub id or "tiny-random"; `limit` keeps the first K
-    prompts. Sampling (off by default) seeds prompt i of the set with `seed + i`, so a resumed
-    run samples what an uninterrupted one would.
+    `model` is a checkpoint directory, a Hub id, "tiny-random" or "bamba-tiny"; `limit` keeps the
+    first K prompts. Sampling (off by default) seeds prompt i of the set with `seed + i`, so a
+    resumed run samples what an uninterrupted one would. `chat_template`: see `bamba.generate`.
+    `backend`: "triton" (the strategies' kernels) or "torch" (their PyTorch definitions, see
+    `bamba.ssd.BACKENDS`); default: triton on a GPU, torch on a CPU, where the kernels would run
+    under the Triton interpreter (the tests' way to check them, far too slow for a model).
     """
     from tqdm import tqdm
 
@@ -74,7 +81,8 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
     settings = {"model": model, "data": str(data), "strategies": strategies, "max_new_tokens": max_new_tokens,
                 "num_layers": num_layers, "chunk_size": chunk_size, "use_cache": use_cache, "limit": limit,
                 "batch_size": batch_size, "device": device, "dtype": dtype, "seed": seed, "do_sample": do_sample,
-                "temperature": temperature, "top_k": top_k, "top_p": top_p}
+                "temperature": temperature, "top_k": top_k, "top_p": top_p, "chat_template": chat_template,
+                "backend": backend}
     # Settings that change what is generated: a resumed file must not mix two sets of them.
     same = {"max_new_tokens": max_new_tokens, "use_cache": use_cache, "do_sample": do_sample,
             "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
@@ -96,12 +104,14 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
             device = default_device()
         lm, tokenizer = load_model(model, strategy=strategies[0], chunk_size=chunk_size, num_layers=num_layers,
                                    dtype=dtype, device=device)
-        _check_lengths(data, [p for _, batch in mine for _, p in batch], tokenizer, lm, max_new_tokens)
-        generation = {**same, "batch_size": batch_size, "stop_at_eos": True,
+        lm.set_strategy(lm.strategy, chunk_size, backend=backend or ("triton" if lm.device.type == "cuda" else "torch"))
+        chat = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None) is not None
+        _check_lengths(data, [p for _, batch in mine for _, p in batch], tokenizer, lm, max_new_tokens, chat)
+        generation = {**same, "batch_size": batch_size, "stop_at_eos": True, "chat_template": chat, "backend": lm.backend,
                       "num_layers": lm.config.num_hidden_layers, "dtype": str(lm.dtype).removeprefix("torch.")}
         if writer.written:
             _check_resume(out, writer.written, {"chunk_size": lm.chunk_size, "dtype": generation["dtype"],
-                                                "num_layers": generation["num_layers"]})
+                                                "num_layers": generation["num_layers"], "chat_template": chat})
         device_name = _device_name(lm.device)
         with tqdm(total=total, desc="generate", unit="output", disable=not progress or writer.rank > 0) as bar:
             for strategy, batch in mine:
@@ -111,7 +121,7 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
                 outputs = generate(lm, tokenizer, [p["prompt"] for _, p in batch], max_new_tokens=max_new_tokens,
                                    use_cache=use_cache, do_sample=do_sample, temperature=temperature,
                                    top_k=top_k, top_p=top_p, seed=[seed + i for i, _ in batch],
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, chat_template=chat)
                 for (_, prompt), g in zip(batch, outputs):
                     writer.write({
                         "id": prompt["id"], "strategy": strategy, "chunk_size": lm.chunk_size, "model": model,
@@ -135,11 +145,13 @@ def _check_resume(out, written: list[dict], expected: dict) -> None:
                                  "use the same settings to resume, or write to another file")
 
 
-def _check_lengths(data, prompts, tokenizer, model, max_new_tokens) -> None:
+def _check_lengths(data, prompts, tokenizer, model, max_new_tokens, chat) -> None:
     """Fail before generating anything if some prompt cannot fit the model's context."""
+    from bamba.generation import encode_prompt
+
     limit = model.config.max_position_embeddings
     for p in prompts:
-        n = len(tokenizer(p["prompt"])["input_ids"])
+        n = len(encode_prompt(tokenizer, p["prompt"], chat))
         if n + max_new_tokens > limit:
             raise ValueError(f"{data}: prompt {p['id']!r} has {n} tokens; with max_new_tokens {max_new_tokens} it "
                              f"exceeds the model's limit of {limit} tokens")

@@ -3,6 +3,7 @@
 import importlib.util
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from gptscore_eval import records
@@ -21,6 +22,13 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     outputs = records.read_records(tmp_path / "outputs.jsonl").records
     assert sorted((r["strategy"], r["id"]) for r in outputs) == sorted(
         (s, i) for s in ("default", "optimized", "independent") for i in ("demo-capital", "demo-boil"))
+    # The shipped trained model, prompts in its chat format, PyTorch twins of the kernels on a CPU.
+    assert {r["model"] for r in outputs} == {"bamba-tiny"}
+    assert all(r["generation"]["chat_template"] for r in outputs)
+    assert {r["generation"]["backend"] for r in outputs} == {"triton" if torch.cuda.is_available() else "torch"}
+    # The two prompts fit in one chunk, where every strategy computes the same scan.
+    by_strategy = {(r["strategy"], r["id"]): r["output"] for r in outputs}
+    assert all(by_strategy[s, i] == by_strategy["default", i] for s, i in by_strategy)
     scores = records.read_records(tmp_path / "scores.jsonl").records
     scored = {(r["id"], r["strategy"]) for r in scores}
     assert scored == {(r["id"], r["strategy"]) for r in outputs if r["output"].strip()}
