@@ -40,14 +40,15 @@ class Aspect:
 
 _ASPECTS = (
     Aspect("plain", "", "any"),
-    # The three data-to-text aspects of the seed study, phrased as GPTScore phrases its D2T aspects.
-    Aspect("quality", "Rewrite the following text into a high-quality sentence with the same meaning.", "data-to-text"),
-    Aspect("naturalness", "Rewrite the following text into a natural, fluent sentence.", "data-to-text"),
-    Aspect(
-        "informativeness",
-        "Rewrite the following text into an informative sentence that keeps all of its information.",
-        "data-to-text",
-    ),
+    # The three data-to-text aspects of the seed study, as the GPTScore paper's code gives them to
+    # GPT-2 and OPT scorers: its aspect definition with the final ':' turned into '. ' (so the
+    # instruction line ends in ". "). Reproducing its numbers needs this exact text.
+    Aspect("quality", "Convert the following text into another expression that is fluent and grammatically "
+           "correct. ", "data-to-text"),
+    Aspect("naturalness", "Convert the following text into another expression that is as natural as a native "
+           "speaker. ", "data-to-text"),
+    Aspect("informativeness", "Convert the following text into another expression that preserves key "
+           "information. ", "data-to-text"),
     # Answers to questions, scored against a reference answer or the question (this project).
     Aspect("relevance", "Write an answer that stays relevant to the question and the reference answer.", "qa"),
     Aspect("consistency", "Write an answer whose facts agree with the reference answer.", "qa"),

@@ -55,3 +55,24 @@ def test_prefix_shows_demos_in_the_scored_direction():
     # src_hyp needs a source: the demo without one is left out.
     assert build_prefix(get_aspect("plain"), demos, "src_hyp", TEMPLATES["answer"]) == "Question: Q?\nAnswer: Hyp.\n"
     assert build_prefix(get_aspect("plain"), [], "ref_hyp", DEFAULT_TEMPLATE) == ""
+
+
+def test_data_to_text_prefix_is_gptscore_s_for_gpt2():
+    """The seed study's GPT-2 numbers come from GPTScore's code, which builds the ref->hyp input
+    for GPT-2 as: aspect definition (stripped, ':' -> '. '), newline, the demonstrations through
+    "X In other words , Y" one per line, newline, then the pair. Rebuilt here from its recipe."""
+    definitions = {  # GPTScore's data-to-text aspect definitions, as published
+        "informativeness": "Convert the following text into another expression that preserves key information:",
+        "naturalness": "Convert the following text into another expression that is as natural as a native speaker:",
+        "quality": "Convert the following text into another expression that is fluent and grammatically correct:",
+    }
+    demos = [Demo(reference="A la turca is cheap .", hypothesis="A la turca , is cheap ."),
+             Demo(reference="It allows dogs .", hypothesis="dogs are allowed .")]
+    ref, hyp = "The inn has internet .", "the inn does have internet ."
+    for name, definition in definitions.items():
+        upstream = (definition.strip().replace(":", ". ") + "\n"
+                    + "\n".join(f"{d.reference} In other words , {d.hypothesis}" for d in demos) + "\n"
+                    + ref + " In other words , " + hyp)
+        ours = build_prefix(get_aspect(name), demos, "ref_hyp", DEFAULT_TEMPLATE) + DEFAULT_TEMPLATE.format(
+            context=ref, target=hyp)
+        assert ours == upstream, name
