@@ -10,54 +10,57 @@ from bamba.kernels.ssd_reference import ssd_reference
 from bamba.tiny import tiny_model, tiny_tokenizer
 
 
-def inputs(b=2, l=45, h=4, p=8, g=2, n=8, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
-    return dict(x=r(b, l, h, p), dt=r(b, l, h), A=-torch.rand(h, generator=gen, dtype=torch.float64) - 0.1,
-                B=r(b, l, g, n), C=r(b, l, g, n)), dict(D=r(h), dt_bias=r(h), initial_state=r(b, h, p, n))
+SCAN = ("x", "dt", "A", "B", "C")
+
+
+def inputs(kit, b=2, l=45):
+    return kit.make(b, l, 4, 8, 2, 8, dtype=torch.float64, with_init=True)
+
+
+def sliced(inp, start, stop):
+    """The scan inputs of positions start..stop-1 (A has no sequence axis)."""
+    return {k: inp[k] if k == "A" else inp[k][:, start:stop] for k in SCAN}
 
 
 @pytest.mark.parametrize("strategy", ["default", "optimized", "reference"])
-def test_exact_strategies_are_the_reference_scan(strategy):
-    t, extra = inputs()
-    y, state = bamba.ssd(**t, **extra, chunk_size=16, strategy=strategy, backend="torch")
-    y_ref, state_ref = ssd_reference(*t.values(), 16, extra["D"], extra["dt_bias"], initial_state=extra["initial_state"])
+def test_exact_strategies_are_the_reference_scan(kit, strategy):
+    inp = inputs(kit)
+    y, state = bamba.ssd(**inp, chunk_size=16, strategy=strategy, backend="torch")
+    y_ref, state_ref = ssd_reference(*(inp[k] for k in SCAN), 16, inp["D"], inp["dt_bias"],
+                                     initial_state=inp["initial_state"])
     torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
     torch.testing.assert_close(state, state_ref, rtol=0, atol=0)
 
 
-def test_independent_scans_every_chunk_on_its_own():
-    t, extra = inputs(l=45)  # chunks of 16, 16 and 13 tokens
-    y, state = bamba.ssd(**t, **extra, chunk_size=16, strategy="independent", backend="torch")
+def test_independent_scans_every_chunk_on_its_own(kit):
+    inp = inputs(kit, l=45)  # chunks of 16, 16 and 13 tokens
+    y, state = bamba.ssd(**inp, chunk_size=16, strategy="independent", backend="torch")
     ys = []
     for s in range(0, 45, 16):
-        part = {k: v[:, s:s + 16] if k != "A" else v for k, v in t.items()}
-        init = extra["initial_state"] if s == 0 else None
-        y_c, state_c = ssd_reference(*part.values(), 16, extra["D"], extra["dt_bias"], initial_state=init)
+        init = inp["initial_state"] if s == 0 else None
+        y_c, state_c = ssd_reference(*sliced(inp, s, s + 16).values(), 16, inp["D"], inp["dt_bias"],
+                                     initial_state=init)
         ys.append(y_c)
     torch.testing.assert_close(y, torch.cat(ys, dim=1), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(state, state_c, rtol=1e-12, atol=1e-12)
-    exact, _ = bamba.ssd(**t, **extra, chunk_size=16, strategy="default", backend="torch")
+    exact, _ = bamba.ssd(**inp, chunk_size=16, strategy="default", backend="torch")
     assert torch.equal(y[:, :16], exact[:, :16]) and not torch.allclose(y[:, 16:], exact[:, 16:])
 
 
-def test_independent_step_resets_at_chunk_starts():
-    t, extra = inputs(b=1, l=20)
-    y_full, _ = bamba.ssd(**t, D=extra["D"], dt_bias=extra["dt_bias"], chunk_size=16, strategy="independent",
-                          backend="torch")
-    _, state = bamba.ssd(**{k: v[:, :15] if k != "A" else v for k, v in t.items()}, D=extra["D"],
-                         dt_bias=extra["dt_bias"], chunk_size=16, strategy="independent", backend="torch")
+def test_independent_step_resets_at_chunk_starts(kit):
+    inp = inputs(kit, b=1, l=20)
+    extra = dict(D=inp["D"], dt_bias=inp["dt_bias"], strategy="independent", backend="torch")
+    y_full, _ = bamba.ssd(*(inp[k] for k in SCAN), chunk_size=16, **extra)
+    _, state = bamba.ssd(**sliced(inp, 0, 15), chunk_size=16, **extra)
     for pos in range(15, 20):  # crosses the boundary at 16
-        y = bamba.ssd_step(state, t["x"][:, pos], t["dt"][:, pos], t["A"], t["B"][:, pos], t["C"][:, pos],
-                           D=extra["D"], dt_bias=extra["dt_bias"], strategy="independent", chunk_size=16,
-                           position=pos, backend="torch")
+        y = bamba.ssd_step(state, inp["x"][:, pos], inp["dt"][:, pos], inp["A"], inp["B"][:, pos], inp["C"][:, pos],
+                           chunk_size=16, position=pos, **extra)
         torch.testing.assert_close(y, y_full[:, pos], rtol=1e-10, atol=1e-10)
 
 
-def test_unknown_backend():
-    t, _ = inputs()
+def test_unknown_backend(kit):
     with pytest.raises(ValueError, match="backend: expected one of"):
-        bamba.ssd(**t, chunk_size=16, backend="cuda")
+        bamba.ssd(**sliced(inputs(kit), 0, 45), chunk_size=16, backend="cuda")
     with pytest.raises(ValueError, match="backend: expected one of"):
         tiny_model(strategy="reference").set_strategy("default", backend="numpy")
 
