@@ -79,15 +79,20 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, use_c
     return out
 
 
-def encode_prompt(tokenizer, prompt: str, chat_template: bool | None = None) -> list[int]:
-    """Token ids of a prompt. An instruction-tuned model expects its chat format, so with
-    `chat_template=None` a tokenizer that has a template gets the prompt as one user turn followed
-    by the assistant's header; `True` requires a template, `False` encodes the bare prompt."""
-    use = getattr(tokenizer, "chat_template", None) is not None if chat_template is None else chat_template
-    if not use:
-        return tokenizer(prompt)["input_ids"]
-    if getattr(tokenizer, "chat_template", None) is None:
+def uses_chat_template(tokenizer, chat_template: bool | None = None) -> bool:
+    """Whether prompts go through the tokenizer's chat template: an instruction-tuned model
+    expects its chat format, so `None` means "when the tokenizer has one"; `True` requires one."""
+    has = getattr(tokenizer, "chat_template", None) is not None
+    if chat_template and not has:
         raise ValueError("chat_template: the tokenizer has no chat template")
+    return has if chat_template is None else chat_template
+
+
+def encode_prompt(tokenizer, prompt: str, chat_template: bool | None = None) -> list[int]:
+    """Token ids of a prompt: one user turn followed by the assistant's header where
+    `uses_chat_template`, else the bare prompt."""
+    if not uses_chat_template(tokenizer, chat_template):
+        return tokenizer(prompt)["input_ids"]
     return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                               tokenize=True, return_dict=True)["input_ids"])
 

@@ -73,6 +73,7 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
     from tqdm import tqdm
 
     from bamba import generate
+    from bamba.generation import uses_chat_template
 
     strategies = check_strategies(strategies)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -105,7 +106,7 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
         lm, tokenizer = load_model(model, strategy=strategies[0], chunk_size=chunk_size, num_layers=num_layers,
                                    dtype=dtype, device=device)
         lm.set_strategy(lm.strategy, chunk_size, backend=backend or ("triton" if lm.device.type == "cuda" else "torch"))
-        chat = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None) is not None
+        chat = uses_chat_template(tokenizer, chat_template)
         _check_lengths(data, [p for _, batch in mine for _, p in batch], tokenizer, lm, max_new_tokens, chat)
         generation = {**same, "batch_size": batch_size, "stop_at_eos": True, "chat_template": chat, "backend": lm.backend,
                       "num_layers": lm.config.num_hidden_layers, "dtype": str(lm.dtype).removeprefix("torch.")}

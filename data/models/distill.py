@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bamba.generation import encode_prompt  # before transformers: bamba picks the Triton mode on import
+
 DATA = Path(__file__).resolve().parent.parent
 SEED_SETS = ("qa_256.jsonl", "qa_512.jsonl", "demo.jsonl")
 
@@ -87,27 +89,28 @@ def load_teacher(path: Path, device: str):
     return tokenizer, model.to(device).eval()
 
 
-def chat_ids(tokenizer, prompt: str) -> list[int]:
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=True, return_dict=True)["input_ids"]
-
-
 @torch.inference_mode()
 def teach(tokenizer, teacher, prompts, *, minutes, batch_size, max_prompt_tokens, max_new_tokens, seed,
           max_answers=None):
     """Teacher samples for the prompts, round after round, until the time is spent (or, to repeat
     a run, until max_answers are written). Returns [(prompt + answer ids, where the answer starts)]."""
     budget = float("inf") if max_answers else minutes * 60
-    encoded = [ids for ids in (chat_ids(tokenizer, p) for p in prompts) if len(ids) <= max_prompt_tokens]
+    enough = max_answers or float("inf")
+    encoded = [ids for ids in (encode_prompt(tokenizer, p, chat_template=True) for p in prompts)
+               if len(ids) <= max_prompt_tokens]
     eos = tokenizer.eos_token_id
     examples, start, rnd = [], time.perf_counter(), 0
-    while time.perf_counter() - start < budget and len(examples) < (max_answers or float("inf")):
+
+    def done():
+        return time.perf_counter() - start >= budget or len(examples) >= enough
+
+    while not done():
         order = sorted(random.Random(seed + rnd).sample(range(len(encoded)), len(encoded)),
                        key=lambda i: len(encoded[i]))  # similar lengths per batch: little padding
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         random.Random(seed + rnd).shuffle(batches)
         for batch in batches:
-            if time.perf_counter() - start >= budget or len(examples) >= (max_answers or float("inf")):
+            if done():
                 break
             rows = [encoded[i] for i in batch]
             width = max(map(len, rows))
@@ -215,7 +218,7 @@ def train(tokenizer, teacher, examples, *, minutes, steps, batch_size, lr, seed,
 def samples(tokenizer, model, prompts, max_new_tokens=48):
     out = []
     for p in prompts:
-        ids = torch.tensor([chat_ids(tokenizer, p)], device=model.device)
+        ids = torch.tensor([encode_prompt(tokenizer, p, chat_template=True)], device=model.device)
         new = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:]
         out.append({"prompt": p, "answer": tokenizer.decode(new, skip_special_tokens=True)})
