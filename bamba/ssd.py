@@ -47,7 +47,7 @@ REGISTRY: dict[str, Strategy] = {
     "default": Strategy("default", _triton("ssd_chunk_scan", "ssd_default"), _step_triton, True, False,
                         "Triton pipeline: chunk cumsum, C·Bᵀ, chunk state, state passing, chunk scan"),
     "optimized": Strategy("optimized", _triton("ssd_optimized", "ssd_optimized"), _step_triton, True,
-                          False, "Triton, same math: fused dt/cumsum, exp2, bf16 state hand-off"),
+                          False, "Triton, same math in fewer launches: fused dt/cumsum, exp2"),
     "independent": Strategy("independent", _triton("ssd_independent", "ssd_independent"), _step_triton,
                             False, True, "Triton, chunk-local: every chunk starts from zero state",
                             _ref.ssd_chunk_local_reference),

@@ -13,7 +13,7 @@ import triton.language as tl
 
 from .ssd_chunk_cumsum import chunk_cumsum
 from .ssd_chunk_state_passing import entering_states
-from .ssd_common import Prepared, launch_opts, pick, prepare, tile, use_tuned, work_bucket
+from .ssd_common import Prepared, hand_off_dtype, launch_opts, pick, prepare, tile, use_tuned, work_bucket
 from .utils import mm
 
 PREV_NONE, PREV_PER_CHUNK, PREV_FIRST_CHUNK = 0, 1, 2
@@ -222,11 +222,12 @@ def ssd_default(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=Tr
     """The standard pipeline: cumsum; C·Bᵀ, chunk states and state passing; chunk scan.
 
     The middle stages run as one sequential-over-chunks launch or as separate launches,
-    whichever is faster for the dims (see ssd_chunk_state_passing.entering_states).
+    whichever is faster for the dims (see ssd_chunk_state_passing.entering_states). The entering
+    states reach the scan in the operand dtype, as in mamba_ssm (`hand_off_dtype`).
     """
     pr = prepare(x, dt, A, B, C, chunk_size, D, dt_bias, initial_state)
     dt_proc, cs = chunk_cumsum(pr, dt_softplus, dt_limit)
     cb = torch.empty(pr.b, pr.nchunks, pr.g, pr.chunk, pr.chunk, dtype=torch.float32, device=pr.x.device)
-    prev, final = entering_states(pr, dt_proc, cs, cb)
+    prev, final = entering_states(pr, dt_proc, cs, cb, out_dtype=hand_off_dtype(pr))
     y = chunk_scan(pr, cb, dt_proc, cs, prev, PREV_PER_CHUNK)
     return y.to(pr.out_dtype), final

@@ -32,6 +32,44 @@ def state_block(acc, x_base, b_base, pos, valid, ps, ns, d_k, cs_k, cs_last, P, 
 
 
 @triton.jit
+def head_rate(A_ptr, h, EXP2: tl.constexpr):
+    """A of head h in the cumsum's units (log2 units for exp2 decays)."""
+    a = tl.load(A_ptr + h).to(tl.float32)
+    if EXP2:
+        a = a * LOG2E_C
+    return a
+
+
+@triton.jit
+def fused_chunk_dt(raw_base, bias_ptr, h, a, c, L, sr_l, dt_ptr, cs_ptr, cs_base, store, dt_min, dt_max,
+                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CHUNK: tl.constexpr):
+    """FUSE_DT: dt and its cumsum over all of chunk c, from the raw dt. One program per (chunk,
+    head) `store`s both for the scan kernel. Returns (dt, cs, cs at the chunk's end)."""
+    t = tl.arange(0, CHUNK)
+    d = load_dt(raw_base, bias_ptr, h, c * CHUNK + t, L, sr_l, HAS_BIAS, SOFTPLUS, dt_min, dt_max)
+    cs = tl.cumsum(d * a, axis=0)
+    if store:
+        tl.store(dt_ptr + cs_base + t, d)
+        tl.store(cs_ptr + cs_base + t, cs)
+    return d, cs, tl.sum(d * a, axis=0)
+
+
+@triton.jit
+def block_dt(dt_ptr, cs_ptr, cs_base, t, valid, raw_base, bias_ptr, h, a, pos, L, sr_l, prefix, dt_min, dt_max,
+             FUSE_DT: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """dt and cs at one block t of a chunk's positions: under FUSE_DT recomputed from the raw dt
+    after `prefix` (the cumsum before the block, returned advanced), else loaded."""
+    if FUSE_DT:
+        d = load_dt(raw_base, bias_ptr, h, pos, L, sr_l, HAS_BIAS, SOFTPLUS, dt_min, dt_max)
+        cs = prefix + tl.cumsum(d * a, axis=0)
+        prefix += tl.sum(d * a, axis=0)
+    else:
+        d = tl.load(dt_ptr + cs_base + t, mask=valid, other=0.0)
+        cs = tl.load(cs_ptr + cs_base + t, mask=valid, other=0.0)
+    return d, cs, prefix
+
+
+@triton.jit
 def _chunk_state_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, st_ptr,
                         dtraw_ptr, A_ptr, bias_ptr, c_ptr, cb_ptr, dt_min, dt_max,
                         L, H, P, N, HPG, NC, NCL, C_OFF,
@@ -55,21 +93,14 @@ def _chunk_state_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, st_ptr,
         ps = pid_p * BP + tl.arange(0, BP)
         ns = pid_n * BN + tl.arange(0, BN)
         cs_base = ((pid_b * H + h) * NC + c) * CHUNK
+        a = head_rate(A_ptr, h, EXP2)
+        raw_base = dtraw_ptr + pid_b * sr_b + h * sr_h
         if FUSE_DT:
-            a = tl.load(A_ptr + h).to(tl.float32)
-            if EXP2:
-                a = a * LOG2E_C
-            t_all = tl.arange(0, CHUNK)
-            d_all = load_dt(dtraw_ptr + pid_b * sr_b + h * sr_h, bias_ptr, h, c * CHUNK + t_all, L, sr_l,
-                            HAS_BIAS, SOFTPLUS, dt_min, dt_max)
-            cs_all = tl.cumsum(d_all * a, axis=0)
-            cs_last = tl.sum(d_all * a, axis=0)
-            if pid0 == 0:  # hand dt and cs to the scan kernel
-                tl.store(dt_ptr + cs_base + t_all, d_all)
-                tl.store(cs_ptr + cs_base + t_all, cs_all)
-            prefix = cs_last * 0.0
+            _, _, cs_last = fused_chunk_dt(raw_base, bias_ptr, h, a, c, L, sr_l, dt_ptr, cs_ptr, cs_base,
+                                           pid0 == 0, dt_min, dt_max, HAS_BIAS, SOFTPLUS, CHUNK)
         else:
             cs_last = tl.load(cs_ptr + cs_base + CHUNK - 1)
+        prefix = cs_last * 0.0
         acc = tl.zeros((BP, BN), dtype=tl.float32)
         x_base = x_ptr + pid_b * sx_b + h * sx_h
         b_base = b_ptr + pid_b * sb_b + gi * sb_g
@@ -78,14 +109,8 @@ def _chunk_state_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, st_ptr,
             t = k0 + tl.arange(0, BK)
             pos = c * CHUNK + t
             valid = t < kmax
-            if FUSE_DT:
-                d_k = load_dt(dtraw_ptr + pid_b * sr_b + h * sr_h, bias_ptr, h, pos, L, sr_l,
-                              HAS_BIAS, SOFTPLUS, dt_min, dt_max)
-                cs_k = prefix + tl.cumsum(d_k * a, axis=0)
-                prefix += tl.sum(d_k * a, axis=0)
-            else:
-                d_k = tl.load(dt_ptr + cs_base + t, mask=valid, other=0.0)
-                cs_k = tl.load(cs_ptr + cs_base + t, mask=valid, other=0.0)
+            d_k, cs_k, prefix = block_dt(dt_ptr, cs_ptr, cs_base, t, valid, raw_base, bias_ptr, h, a, pos, L,
+                                         sr_l, prefix, dt_min, dt_max, FUSE_DT, HAS_BIAS, SOFTPLUS)
             acc = state_block(acc, x_base, b_base, pos, valid, ps, ns, d_k, cs_k, cs_last, P, N,
                               sx_l, sx_p, sb_l, sb_n, EXP2)
         tl.store(st_ptr + pid_b * ss_b + (pid_bc % NCL) * ss_c + h * ss_h + ps[:, None] * ss_p + ns[None, :] * ss_n,

@@ -16,11 +16,10 @@ import triton
 import triton.language as tl
 
 from .ssd_bmm import cb_tile, cb_tiles, chunk_cb
-from .ssd_chunk_cumsum import load_dt
-from .ssd_chunk_state import chunk_state, state_block
+from .ssd_chunk_state import block_dt, chunk_state, fused_chunk_dt, head_rate, state_block
 from .ssd_common import Prepared, launch_opts, pick, tile, use_tuned, work_bucket
 from .ssd_state_passing import state_passing
-from .utils import LOG2E_C, kernel_dt_limit
+from .utils import kernel_dt_limit
 
 
 @triton.jit
@@ -51,9 +50,7 @@ def _chunk_state_passing_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, prev_ptr, init_ptr
             state = tl.load(init_ptr + bh + s_off, mask=smask, other=0.0).to(tl.float32)
         else:
             state = tl.zeros((BP, BN), dtype=tl.float32)
-        a = tl.load(A_ptr + h).to(tl.float32)
-        if EXP2:
-            a = a * LOG2E_C
+        a = head_rate(A_ptr, h, EXP2)
         x_base = x_ptr + pid_b * sx_b + h * sx_h
         b_base = b_ptr + pid_b * sb_b + gi * sb_g
         raw_base = dtraw_ptr + pid_b * sr_b + h * sr_h
@@ -63,34 +60,24 @@ def _chunk_state_passing_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, prev_ptr, init_ptr
                 tl.store(prev_ptr + ((pid_b * NC + c) * H + h) * P * N + s_off,
                          state.to(prev_ptr.dtype.element_ty), mask=smask)
             cs_base = row + c * CHUNK
-            if FUSE_DT:
-                t_all = tl.arange(0, CHUNK)
-                d_all = load_dt(raw_base, bias_ptr, h, c * CHUNK + t_all, L, sr_l,
-                                HAS_BIAS, SOFTPLUS, dt_min, dt_max)
-                cs_all = tl.cumsum(d_all * a, axis=0)
-                cs_last = tl.sum(d_all * a, axis=0)
-                if r == 0:  # one program per head hands dt and cs to the scan kernel
-                    tl.store(dt_ptr + cs_base + t_all, d_all)
-                    tl.store(cs_ptr + cs_base + t_all, cs_all)
-                prefix = cs_last * 0.0
+            if FUSE_DT:  # one program per head hands dt and cs to the scan kernel
+                d_all, cs_all, cs_last = fused_chunk_dt(raw_base, bias_ptr, h, a, c, L, sr_l, dt_ptr, cs_ptr,
+                                                        cs_base, r == 0, dt_min, dt_max, HAS_BIAS, SOFTPLUS, CHUNK)
             else:
                 cs_last = tl.load(cs_ptr + cs_base + CHUNK - 1)
+            prefix = cs_last * 0.0
             kmax = tl.minimum(CHUNK, L - c * CHUNK)
             acc = tl.zeros((BP, BN), dtype=tl.float32)
             for k0 in tl.static_range(0, CHUNK, BK):  # one step for Q <= BK: no inner loop
                 t = k0 + tl.arange(0, BK)
                 pos = c * CHUNK + t
                 valid = t < kmax
-                if FUSE_DT and BK == CHUNK:
+                if FUSE_DT and BK == CHUNK:  # the whole chunk is one block: already computed
                     d_k = d_all
                     cs_k = cs_all
-                elif FUSE_DT:
-                    d_k = load_dt(raw_base, bias_ptr, h, pos, L, sr_l, HAS_BIAS, SOFTPLUS, dt_min, dt_max)
-                    cs_k = prefix + tl.cumsum(d_k * a, axis=0)
-                    prefix += tl.sum(d_k * a, axis=0)
                 else:
-                    d_k = tl.load(dt_ptr + cs_base + t, mask=valid, other=0.0)
-                    cs_k = tl.load(cs_ptr + cs_base + t, mask=valid, other=0.0)
+                    d_k, cs_k, prefix = block_dt(dt_ptr, cs_ptr, cs_base, t, valid, raw_base, bias_ptr, h, a, pos,
+                                                 L, sr_l, prefix, dt_min, dt_max, FUSE_DT, HAS_BIAS, SOFTPLUS)
                 acc = state_block(acc, x_base, b_base, pos, valid, ps, ns, d_k, cs_k, cs_last, P, N,
                                   sx_l, sx_p, sb_l, sb_n, EXP2)
             if EXP2:
@@ -116,15 +103,9 @@ def _chunk_state_passing_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, prev_ptr, init_ptr
             q = pid - H * npn - NCB
             h = q // C0
             c = q % C0
-            a = tl.load(A_ptr + h).to(tl.float32)
-            if EXP2:
-                a = a * LOG2E_C
-            t_all = tl.arange(0, CHUNK)
-            d_all = load_dt(dtraw_ptr + pid_b * sr_b + h * sr_h, bias_ptr, h, c * CHUNK + t_all, L, sr_l,
-                            HAS_BIAS, SOFTPLUS, dt_min, dt_max)
-            cs_base = ((pid_b * H + h) * NC + c) * CHUNK
-            tl.store(dt_ptr + cs_base + t_all, d_all)
-            tl.store(cs_ptr + cs_base + t_all, tl.cumsum(d_all * a, axis=0))
+            fused_chunk_dt(dtraw_ptr + pid_b * sr_b + h * sr_h, bias_ptr, h, head_rate(A_ptr, h, EXP2), c, L, sr_l,
+                           dt_ptr, cs_ptr, ((pid_b * H + h) * NC + c) * CHUNK, True, dt_min, dt_max,
+                           HAS_BIAS, SOFTPLUS, CHUNK)
 
 
 # Fixed tiles for short chunks / explicit cfg; tuned otherwise. Small p/n blocks: the grid has

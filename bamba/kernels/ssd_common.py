@@ -58,6 +58,13 @@ def fused_scratch(pr: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return dt_proc, torch.empty_like(dt_proc), cb
 
 
+def hand_off_dtype(pr: Prepared) -> torch.dtype:
+    """dtype of the entering states handed to the chunk scan: the operand dtype of bf16/fp16
+    models (the scan multiplies them with C in that dtype anyway, so no precision is lost, and it
+    reads half the bytes; mamba_ssm's pipeline does the same), fp32 otherwise."""
+    return pr.C.dtype if pr.C.dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
 def tile(dim: int, cap: int) -> int:
     """Power-of-two tile >= 16 (tl.dot's minimum) covering dim up to cap."""
     return max(16, min(cap, triton.next_power_of_2(dim)))
