@@ -4,6 +4,7 @@ total, tokens/s, peak device memory.
 Greedy by default (deterministic, so differences between strategies are the kernels' doing);
 sampling on request, from one seeded generator per prompt, so a prompt samples the same
 tokens whatever batch it is in. Timers wait for the device (torch.cuda.synchronize) on GPU.
+On GPUs the decode step is replayed from a CUDA graph (`GraphedDecoder`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class Generation:
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, use_cache: bool = True,
              do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, seed: int | list[int] = 0, batch_size: int = 1,
-             stop_at_eos: bool = True, chat_template: bool | None = None) -> list[Generation]:
+             stop_at_eos: bool = True, chat_template: bool | None = None,
+             cuda_graph: bool | None = None) -> list[Generation]:
     """Generate up to `max_new_tokens` for each prompt with `model`'s current strategy.
 
     Batches of `batch_size` prompts are left-padded. `use_cache=False` recomputes the whole
@@ -53,10 +55,17 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, use_c
     Prompt i samples from its own generator seeded with `seed + i`, or `seed[i]` for a list.
     Each prompt is one user turn of the tokenizer's chat template where it has one (see
     `encode_prompt`; `chat_template=False` encodes the bare prompt).
+    `cuda_graph` (default: on CUDA with the cache) replays the decode step from a CUDA graph;
+    the tokens are the same as without.
     """
     if isinstance(prompts, str):
         raise ValueError("prompts: expected a list of strings, got one string")
     _check_settings(max_new_tokens, temperature, top_k, top_p, batch_size)
+    if cuda_graph is None:
+        cuda_graph = use_cache and model.device.type == "cuda"
+    elif cuda_graph and (not use_cache or model.device.type != "cuda"):
+        raise ValueError(f"cuda_graph: needs use_cache=True and a model on a CUDA device, got "
+                         f"use_cache={use_cache}, device {model.device}")
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
     if len(seeds) != len(prompts):
         raise ValueError(f"seed: expected one seed per prompt ({len(prompts)}), got {len(seeds)}")
@@ -75,7 +84,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, use_c
         generators = [torch.Generator(device=model.device).manual_seed(seeds[i]) for i in rows]
         sample = _sampler(do_sample, temperature, top_k, top_p, generators)
         out += _generate_batch(model, tokenizer, [prompts[i] for i in rows], [encoded[i] for i in rows],
-                               max_new_tokens, use_cache, sample, eos)
+                               max_new_tokens, use_cache, sample, eos, cuda_graph)
     return out
 
 
@@ -98,7 +107,8 @@ def encode_prompt(tokenizer, prompt: str, chat_template: bool | None = None) -> 
 
 
 @torch.inference_mode()
-def _generate_batch(model, tokenizer, prompts, encoded, max_new_tokens, use_cache, sample, eos) -> list[Generation]:
+def _generate_batch(model, tokenizer, prompts, encoded, max_new_tokens, use_cache, sample, eos,
+                    cuda_graph) -> list[Generation]:
     device, b = model.device, len(encoded)
     width = max(len(ids) for ids in encoded)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -113,11 +123,12 @@ def _generate_batch(model, tokenizer, prompts, encoded, max_new_tokens, use_cach
     _sync(device)
     t0 = time.perf_counter()
     cache = model.new_cache(b, width + max_new_tokens) if use_cache else None
+    decode = GraphedDecoder(model, cache) if cuda_graph else lambda ids: model(ids, cache=cache)
     logits = model(input_ids, mask, cache, logits_to_keep=1)
     for step in range(max_new_tokens):
         if step:
             if use_cache:
-                logits = model(tokens[-1][:, None], cache=cache, logits_to_keep=1)
+                logits = decode(tokens[-1][:, None])
             else:
                 seq = torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=1)
                 full_mask = torch.cat([mask, torch.ones(b, step, dtype=mask.dtype, device=device)], dim=1)
@@ -145,6 +156,37 @@ def _generate_batch(model, tokenizer, prompts, encoded, max_new_tokens, use_cach
             prompt_tokens=len(encoded[i]), finish_reason="length" if finished_at[i] is None else "eos",
             prefill_s=step_s[0], decode_s=step_s[1:steps], total_s=sum(step_s[:steps]), peak_memory_bytes=peak))
     return out
+
+
+class GraphedDecoder:
+    """`model`'s decode step on `cache`, replayed from a CUDA graph: at batch 1 a step is a few
+    hundred small kernels whose launch and Python time exceed their GPU time.
+
+    The first call runs the step eagerly (on a side stream: it also warms up lazily created
+    library state), then captures the step; later calls copy the tokens in and replay. The
+    returned logits live in the graph's memory: the next call overwrites them.
+    """
+
+    def __init__(self, model, cache):
+        self.model, self.cache = model, cache
+        self.graph = None
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.graph is not None:
+            self.ids.copy_(ids)
+            self.graph.replay()
+            self.cache.length += 1
+            return self.logits
+        side = torch.cuda.Stream(ids.device)
+        side.wait_stream(torch.cuda.current_stream(ids.device))
+        with torch.cuda.stream(side):
+            logits = self.model(ids, cache=self.cache)
+        torch.cuda.current_stream(ids.device).wait_stream(side)
+        self.ids = ids.clone()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):  # records only: the cache is not advanced here
+            self.logits = self.model.decode_step(self.ids, self.cache)
+        return logits
 
 
 def _sampler(do_sample, temperature, top_k, top_p, generators):

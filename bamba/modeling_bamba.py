@@ -163,13 +163,16 @@ class BambaCache:
     """Per layer: conv state (b, conv_dim, k-1) and fp32 SSM state (b, h, p, n) for Mamba2 layers,
     preallocated keys/values (b, kv_heads, max_length, head_dim) for attention layers.
 
-    `length` counts filled positions (left padding included); `seen` (b,) counts each row's real
-    tokens, i.e. the position of its next token; `real` (b, max_length) marks real key positions.
+    `length` counts filled positions (left padding included) and `slot` holds the same count on the
+    device (where a decode step writes, without reading a host value: see `decode_step`); `seen`
+    (b,) counts each row's real tokens, i.e. the position of its next token; `real` (b, max_length)
+    marks real key positions.
     """
 
     def __init__(self, config: BambaConfig, batch_size: int, max_length: int, dtype: torch.dtype, device):
         self.max_length = max_length
         self.length = 0
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
         self.padded = False  # whether any cached position is padding (then attention needs a mask)
         self.seen = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.real = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
@@ -200,6 +203,7 @@ class Batch:
     strategy: str
     chunk_size: int
     backend: str                    # bamba.ssd's BACKENDS: the strategy's kernels or its PyTorch twin
+    decode: bool = False            # one token per row after the cache (`decode_step`)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +270,6 @@ class BambaMixer(nn.Module):
     def forward(self, hidden, batch: Batch):
         b, l, _ = hidden.shape
         cache, mask = batch.cache, batch.mask
-        past = cache.length if cache is not None else 0
         if mask is not None:
             hidden = hidden * mask[..., None]
         gate, xBC, dt = self.in_proj(hidden).split([self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
@@ -275,11 +278,11 @@ class BambaMixer(nn.Module):
 
         weight = self.conv1d.weight[:, 0]
         conv_backend = "reference" if batch.backend == "torch" else None  # None: Triton on CUDA tensors
-        if cache is not None and past > 0 and l == 1:
+        if batch.decode:
             xBC = causal_conv1d_update(xBC[:, 0], cache.conv[self.layer], weight, self.conv1d.bias,
                                        backend=conv_backend)[:, None]
         else:
-            conv_state = cache.conv[self.layer] if cache is not None and past > 0 else None
+            conv_state = cache.conv[self.layer] if cache is not None and cache.length > 0 else None
             xBC, new_conv_state = causal_conv1d(xBC, weight, self.conv1d.bias, conv_state=conv_state,
                                                 backend=conv_backend)
             if cache is not None:
@@ -292,7 +295,7 @@ class BambaMixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         ssm_args = dict(D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit,
                         strategy=batch.strategy, backend=batch.backend)
-        if cache is not None and past > 0 and l == 1:
+        if batch.decode:
             y = ssd_step(cache.ssm[self.layer], x.view(b, self.num_heads, self.head_dim), dt[:, 0], A,
                          B.view(b, self.n_groups, self.d_state), C.view(b, self.n_groups, self.d_state),
                          chunk_size=batch.chunk_size, position=batch.positions[:, 0], **ssm_args)
@@ -368,7 +371,11 @@ class BambaAttention(nn.Module):
         v = self.v_proj(hidden).view(b, l, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, batch.cos, batch.sin), apply_rotary(k, batch.cos, batch.sin)
         cache = batch.cache
-        if cache is not None:
+        if batch.decode:  # write at the device-side slot and attend to every cached key (mask: cache.real)
+            cache.keys[self.layer].index_copy_(2, cache.slot, k)
+            cache.values[self.layer].index_copy_(2, cache.slot, v)
+            k, v = cache.keys[self.layer], cache.values[self.layer]
+        elif cache is not None:
             past = cache.length
             cache.keys[self.layer][:, :, past:past + l] = k
             cache.values[self.layer][:, :, past:past + l] = v
@@ -487,6 +494,10 @@ class BambaForCausalLM(nn.Module):
             raise ValueError(f"sequence of {past + l} tokens is longer than the model's limit "
                              f"(max_position_embeddings={self.config.max_position_embeddings})")
         mask, pads = self._padding(attention_mask, b, l, past, input_ids.device)
+        if past > 0 and l == 1:
+            logits = self.decode_step(input_ids, cache)
+            cache.length += 1
+            return logits
         seen = cache.seen if cache is not None else torch.zeros(b, dtype=torch.long, device=input_ids.device)
         steps = mask.long().cumsum(1) - 1 if mask is not None else torch.arange(l, device=input_ids.device)[None]
         positions = seen[:, None] + steps.clamp(min=0)
@@ -501,9 +512,31 @@ class BambaForCausalLM(nn.Module):
             cache.real[:, past:past + l] = True if mask is None else mask
             cache.seen += l if mask is None else mask.sum(1)
             cache.length += l
+            cache.slot += l
             cache.padded = padded
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
+        return self.lm_head(self.model.final_layernorm(hidden))
+
+    def decode_step(self, input_ids: torch.Tensor, cache: BambaCache) -> torch.Tensor:
+        """Logits (b, 1, vocab) of one new token per row (input_ids (b, 1)) after a filled cache.
+
+        Static shapes and no host reads, so a CUDA graph can capture it (`bamba.generation.
+        GraphedDecoder`): the token is written at `cache.slot`, attention reads every cached key
+        under the `cache.real` mask, positions come from `cache.seen`. Advances the device-side
+        counters; `forward`, which calls it for one-token continuations, also advances
+        `cache.length`.
+        """
+        positions = cache.seen[:, None]
+        hidden = self.model.embed_tokens(input_ids)
+        cos, sin = rotary_angles(positions, self.config, hidden.dtype)
+        cache.real.index_fill_(1, cache.slot, True)
+        batch = Batch(None, None, cache.real[:, None, None, :], cos, sin, positions, cache,
+                      self.strategy, self.chunk_size, self.backend, decode=True)
+        for layer in self.model.layers:
+            hidden = layer(hidden, batch)
+        cache.seen += 1
+        cache.slot += 1
         return self.lm_head(self.model.final_layernorm(hidden))
 
     @staticmethod
@@ -528,7 +561,7 @@ class BambaForCausalLM(nn.Module):
     def _attention_mask(mask, cache, l, padded):
         """Boolean SDPA mask (b|1, 1, l, S), or None when plain causal attention over all keys is right."""
         past = cache.length if cache is not None else 0
-        if not padded and (past == 0 or l == 1):
+        if not padded and past == 0:
             return None
         device = cache.real.device if cache is not None else mask.device
         q = past + torch.arange(l, device=device)

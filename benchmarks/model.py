@@ -2,7 +2,7 @@
 
 The seed study's performance mode: the first 4 layers of Bamba-9B (all Mamba2 layers; its
 attention layers are 9, 18, 27) with random bf16 weights, batch 1, prompts of 1k and 4k tokens,
-use_cache on (prefill, then recurrent decode) and off (every token recomputes the whole
+use_cache on (prefill, then recurrent decode, eager and replayed from a CUDA graph) and off (every token recomputes the whole
 sequence: a few steps only), next to transformers' BambaForCausalLM on the same weights.
 
 Timing: CUDA events around each call, median of --repeats after --warmup runs, fresh random
@@ -25,6 +25,7 @@ import torch
 
 import bamba  # before transformers: on CPU, the Triton interpreter is chosen before triton is imported
 from bamba import BambaConfig, BambaForCausalLM
+from bamba.generation import GraphedDecoder
 
 # Bamba-9B (ibm-ai-platform/Bamba-9B config.json); num_hidden_layers is cut by --layers.
 BAMBA_9B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -79,8 +80,18 @@ def random_ids(vocab, length, device, gen):
     return torch.randint(3, vocab, (1, length), generator=gen).to(device)
 
 
+def time_decode(timer, step, logits, n):
+    """Seconds of each of n greedy steps (argmax of the last logits, then `step`)."""
+    times = []
+    for _ in range(n):
+        seconds, logits = timer(lambda last=logits: step(last[:, -1].argmax(-1, keepdim=True)))
+        times.append(seconds)
+    return times
+
+
 def bench_ours(model, length, args, gen):
-    """prefill_s, decode_s per token (cache on), step_s per token (cache off), peak bytes of each."""
+    """prefill_s; decode_s per token (cache on; eager, and replayed from a CUDA graph on GPUs);
+    step_s per token (cache off); peak bytes."""
     timer, device, vocab = Timer(model.device), model.device, model.config.vocab_size
     n = args.decode_tokens
 
@@ -93,16 +104,15 @@ def bench_ours(model, length, args, gen):
 
     cache, logits = prefill()
     steps = []
-
-    def decode():
-        nonlocal logits
-        for _ in range(n):
-            token = logits[:, -1].argmax(-1, keepdim=True)
-            seconds, logits = timer(lambda: model(token, cache=cache, logits_to_keep=1))
-            steps.append(seconds)
-
-    decode_peak = peak_memory(device, decode)  # the cache of the whole generation included
+    # the cache of the whole generation included
+    decode_peak = peak_memory(device, lambda: steps.extend(
+        time_decode(timer, lambda token: model(token, cache=cache), logits, n)))
     decode_s = statistics.median(steps[args.warmup:] or steps)
+    graph_s = None
+    if device.type == "cuda":  # the first step runs eagerly and captures the graph: not counted
+        cache, logits = prefill()
+        graph_steps = time_decode(timer, GraphedDecoder(model, cache), logits, n)[1:]
+        graph_s = statistics.median(graph_steps[args.warmup:] or graph_steps)
 
     ids = random_ids(vocab, length, device, gen)
     no_cache = []
@@ -112,6 +122,7 @@ def bench_ours(model, length, args, gen):
         ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return {"prefill_s": prefill_s, "prefill_peak_bytes": prefill_peak, "decode_s": decode_s,
             "decode_tokens_per_s": 1.0 / decode_s, "decode_peak_bytes": decode_peak,
+            "decode_graph_s": graph_s, "decode_graph_tokens_per_s": 1.0 / graph_s if graph_s else None,
             "no_cache_s_per_token": statistics.median(no_cache),
             "no_cache_tokens_per_s": 1.0 / statistics.median(no_cache)}
 
@@ -131,6 +142,7 @@ def bench_transformers(model, length, args, gen):
     decode_s = max(total_s - prefill_s, 0.0) / max(n - 1, 1)
     return {"prefill_s": prefill_s, "prefill_peak_bytes": prefill_peak, "decode_s": decode_s,
             "decode_tokens_per_s": 1.0 / decode_s if decode_s else None, "decode_peak_bytes": None,
+            "decode_graph_s": None, "decode_graph_tokens_per_s": None,
             "no_cache_s_per_token": None, "no_cache_tokens_per_s": None}
 
 
@@ -221,7 +233,8 @@ def main(argv=None):
 
 
 COLUMNS = [("impl", "{}"), ("strategy", "{}"), ("length", "{}"), ("prefill_s", "ms"), ("prefill_peak_bytes", "GB"),
-           ("decode_s", "ms"), ("decode_tokens_per_s", "{:.1f}"), ("no_cache_s_per_token", "ms"),
+           ("decode_s", "ms"), ("decode_tokens_per_s", "{:.1f}"), ("decode_graph_s", "ms"),
+           ("decode_graph_tokens_per_s", "{:.1f}"), ("no_cache_s_per_token", "ms"),
            ("no_cache_tokens_per_s", "{:.2f}")]
 
 

@@ -68,6 +68,17 @@ def test_greedy_cache_equals_no_cache(model, tok):
         bamba.generate(model, tok, PROMPTS[:2], max_new_tokens=15, stop_at_eos=False, use_cache=False))
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("strategy", ["default", "independent"])
+def test_cuda_graph_decode_equals_eager(tok, strategy):
+    """Replayed steps write the cache at the device-side slot, mask unwritten keys and reset
+    `independent`'s state at each row's chunk boundary, exactly as eager steps do."""
+    model = tiny_model(strategy=strategy, chunk_size=16)
+    kw = dict(max_new_tokens=20, stop_at_eos=False, batch_size=3)
+    assert texts(bamba.generate(model, tok, PROMPTS, cuda_graph=True, **kw)) == \
+        texts(bamba.generate(model, tok, PROMPTS, cuda_graph=False, **kw))
+
+
 def test_sampling_is_seeded(model, tok):
     kw = dict(max_new_tokens=10, do_sample=True, temperature=1.5, top_k=100, top_p=0.95, stop_at_eos=False)
     a = bamba.generate(model, tok, PROMPTS, seed=1, **kw)
@@ -123,6 +134,7 @@ def test_peak_memory_is_per_request(model, tok):
     (dict(max_new_tokens=2, top_p=1.5), "top_p"),
     (dict(max_new_tokens=2, top_k=0), "top_k"),
     (dict(max_new_tokens=2, seed=[1, 2]), "one seed per prompt"),
+    (dict(max_new_tokens=2, use_cache=False, cuda_graph=True), "cuda_graph"),
 ])
 def test_bad_settings(model, tok, kwargs, match):
     with pytest.raises(ValueError, match=match):
