@@ -162,10 +162,14 @@ class GraphedDecoder:
     """`model`'s decode step on `cache`, replayed from a CUDA graph: at batch 1 a step is a few
     hundred small kernels whose launch and Python time exceed their GPU time.
 
-    The first call runs the step eagerly (on a side stream: it also warms up lazily created
-    library state), then captures the step; later calls copy the tokens in and replay. The
-    returned logits live in the graph's memory: the next call overwrites them.
+    The first call runs the step eagerly on the capture stream (which also warms up lazily created
+    library state there), then captures the step; later calls copy the tokens in and replay.
+    The returned logits live in the graph's memory: the next call overwrites them.
     """
+
+    # One capture stream per device for the whole process: cuBLAS keeps a workspace for every
+    # stream it has run on, so a new stream per generation would leak one workspace each time.
+    _streams: dict = {}
 
     def __init__(self, model, cache):
         self.model, self.cache = model, cache
@@ -177,14 +181,14 @@ class GraphedDecoder:
             self.graph.replay()
             self.cache.length += 1
             return self.logits
-        side = torch.cuda.Stream(ids.device)
-        side.wait_stream(torch.cuda.current_stream(ids.device))
-        with torch.cuda.stream(side):
+        stream = self._streams.setdefault(ids.device, torch.cuda.Stream(ids.device))
+        stream.wait_stream(torch.cuda.current_stream(ids.device))
+        with torch.cuda.stream(stream):
             logits = self.model(ids, cache=self.cache)
-        torch.cuda.current_stream(ids.device).wait_stream(side)
+        torch.cuda.current_stream(ids.device).wait_stream(stream)
         self.ids = ids.clone()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):  # records only: the cache is not advanced here
+        with torch.cuda.graph(self.graph, stream=stream):  # records only: the cache is not advanced here
             self.logits = self.model.decode_step(self.ids, self.cache)
         return logits
 

