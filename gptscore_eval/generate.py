@@ -108,8 +108,10 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
         lm.set_strategy(lm.strategy, chunk_size, backend=backend or ("triton" if lm.device.type == "cuda" else "torch"))
         chat = uses_chat_template(tokenizer, chat_template)
         _check_lengths(data, [p for _, batch in mine for _, p in batch], tokenizer, lm, max_new_tokens, chat)
+        graph = use_cache and lm.device.type == "cuda"  # decode steps replayed from a CUDA graph: timings differ
         generation = {**same, "batch_size": batch_size, "stop_at_eos": True, "chat_template": chat, "backend": lm.backend,
-                      "num_layers": lm.config.num_hidden_layers, "dtype": str(lm.dtype).removeprefix("torch.")}
+                      "cuda_graph": graph, "num_layers": lm.config.num_hidden_layers,
+                      "dtype": str(lm.dtype).removeprefix("torch.")}
         if writer.written:
             _check_resume(out, writer.written, {"chunk_size": lm.chunk_size, "dtype": generation["dtype"],
                                                 "num_layers": generation["num_layers"], "chat_template": chat})
@@ -122,7 +124,7 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
                 outputs = generate(lm, tokenizer, [p["prompt"] for _, p in batch], max_new_tokens=max_new_tokens,
                                    use_cache=use_cache, do_sample=do_sample, temperature=temperature,
                                    top_k=top_k, top_p=top_p, seed=[seed + i for i, _ in batch],
-                                   batch_size=batch_size, chat_template=chat)
+                                   batch_size=batch_size, chat_template=chat, cuda_graph=graph)
                 for (_, prompt), g in zip(batch, outputs):
                     writer.write({
                         "id": prompt["id"], "strategy": strategy, "chunk_size": lm.chunk_size, "model": model,

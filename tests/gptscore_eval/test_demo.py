@@ -26,6 +26,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     assert {r["model"] for r in outputs} == {"bamba-tiny"}
     assert all(r["generation"]["chat_template"] for r in outputs)
     assert {r["generation"]["backend"] for r in outputs} == {"triton" if torch.cuda.is_available() else "torch"}
+    assert {r["generation"]["cuda_graph"] for r in outputs} == {torch.cuda.is_available()}
     # The two prompts fit in one chunk, where every strategy computes the same scan.
     by_strategy = {(r["strategy"], r["id"]): r["output"] for r in outputs}
     assert all(by_strategy[s, i] == by_strategy["default", i] for s, i in by_strategy)
