@@ -89,7 +89,7 @@ def ssd(x, dt, A, B, C, *, chunk_size, D=None, dt_bias=None, dt_softplus=True,
     """
     impl = get_strategy(strategy)
     check_chunk_size(chunk_size)
-    check_ssd_args(x, dt, A, B, C, D, dt_bias, initial_state, dt_limit)
+    check_ssd_args(x, dt, A, B, C, D, dt_bias, initial_state)
     dt_limit = check_dt_limit(dt_limit)
     _check_runnable(impl, x, backend)
     if x.shape[1] == 0:
@@ -108,7 +108,7 @@ def ssd_step(state, x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus=True,
     """
     impl = get_strategy(strategy)
     b = x.shape[0] if isinstance(x, torch.Tensor) else None
-    check_ssd_args(x, dt, A, B, C, D, dt_bias, state, dt_limit, step=True)
+    check_ssd_args(x, dt, A, B, C, D, dt_bias, state, step=True)
     if state.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"state: expected dtype float32 (or float64), got {state.dtype}")
     dt_limit = check_dt_limit(dt_limit)

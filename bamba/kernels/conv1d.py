@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .utils import _fail
+from .utils import _fail, cdiv, next_power_of_2
 
 BACKENDS = ("triton", "reference")
 ACTIVATIONS = (None, "silu")
@@ -145,10 +145,10 @@ def causal_conv1d(x, weight, bias=None, *, activation="silu", conv_state=None, b
         return causal_conv1d_reference(x, weight, bias, activation, conv_state)
     b, l, d = x.shape
     y = torch.empty_like(x)
-    BL, BD = 32, min(128, max(16, triton.next_power_of_2(d)))
+    BL, BD = 32, min(128, max(16, next_power_of_2(d)))
     st = conv_state if conv_state is not None else x  # dummy pointer when absent
     ss = conv_state.stride() if conv_state is not None else (0, 0, 0)
-    grid = (b, triton.cdiv(l, BL), triton.cdiv(d, BD))
+    grid = (b, cdiv(l, BL), cdiv(d, BD))
     _conv1d_fwd_kernel[grid](x, weight, bias if bias is not None else weight, st, y, l, d,
                              *x.stride(), *weight.stride(), *ss, *y.stride(),
                              K=k, HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None,
@@ -167,8 +167,8 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, *, activation="silu",
         return y[:, 0]
     b, d = x.shape
     y = torch.empty_like(x)
-    BD = min(256, max(16, triton.next_power_of_2(d)))
-    _conv1d_update_kernel[(b, triton.cdiv(d, BD))](
+    BD = min(256, max(16, next_power_of_2(d)))
+    _conv1d_update_kernel[(b, cdiv(d, BD))](
         x, weight, bias if bias is not None else weight, conv_state, y, d,
         *x.stride(), *weight.stride(), *conv_state.stride(), *y.stride(),
         K=k, HAS_BIAS=bias is not None, SILU=activation == "silu", BD=BD)

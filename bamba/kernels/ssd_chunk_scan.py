@@ -14,7 +14,7 @@ import triton.language as tl
 from .ssd_chunk_cumsum import chunk_cumsum
 from .ssd_chunk_state_passing import entering_states
 from .ssd_common import Prepared, hand_off_dtype, launch_opts, pick, prepare, tile, use_tuned, work_bucket
-from .utils import mm
+from .utils import cdiv, mm
 
 PREV_NONE, PREV_PER_CHUNK, PREV_FIRST_CHUNK = 0, 1, 2
 
@@ -204,7 +204,7 @@ def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cf
         BM, BK, BN = min(c["BM"], pr.chunk), min(c["BK"], pr.chunk), tile(pr.p, c["BN"])
         HB = heads_per_program(c.get("HB", 1), pr.h // pr.g)
         BKN = tile(pr.n, c.get("BKN", 128))
-        grid = ((pr.chunk // BM) * triton.cdiv(pr.p, BN), pr.b * pr.nchunks, pr.h // HB)
+        grid = ((pr.chunk // BM) * cdiv(pr.p, BN), pr.b * pr.nchunks, pr.h // HB)
         _chunk_scan_kernel[grid](*args, BM=BM, BN=BN, BK=BK, BKN=BKN, HB=HB, **common,
                                  **launch_opts(c["num_warps"], c["num_stages"]))
 

@@ -13,7 +13,7 @@ import triton.language as tl
 from .ssd_bmm import cb_tile, cb_tiles
 from .ssd_chunk_cumsum import load_dt
 from .ssd_common import Prepared, launch_opts, pick, tile, use_tuned, work_bucket
-from .utils import LOG2E_C, kernel_dt_limit, mm
+from .utils import cdiv, kernel_dt_limit, LOG2E_C, mm
 
 
 @triton.jit
@@ -161,7 +161,7 @@ def chunk_state(pr: Prepared, dt_proc, cs, *, first_chunk=0, nchunks=None, fused
 
     def launch(c):
         BP, BN, BK = tile(pr.p, c["BP"]), tile(pr.n, c["BN"]), min(c["BK"], pr.chunk)
-        npn = triton.cdiv(pr.p, BP) * triton.cdiv(pr.n, BN)
+        npn = cdiv(pr.p, BP) * cdiv(pr.n, BN)
         _chunk_state_kernel[(npn + ncb, pr.b * ncl, pr.h)](
             *args, BP=BP, BN=BN, BK=BK, **common, **launch_opts(c["num_warps"], c["num_stages"]))
 

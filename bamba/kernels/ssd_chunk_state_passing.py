@@ -19,7 +19,7 @@ from .ssd_bmm import cb_tile, cb_tiles, chunk_cb
 from .ssd_chunk_state import block_dt, chunk_state, fused_chunk_dt, head_rate, state_block
 from .ssd_common import Prepared, launch_opts, pick, tile, use_tuned, work_bucket
 from .ssd_state_passing import state_passing
-from .utils import kernel_dt_limit
+from .utils import cdiv, kernel_dt_limit
 
 
 @triton.jit
@@ -151,7 +151,7 @@ def chunk_state_passing(pr: Prepared, dt_proc, cs, cb=None, *, dt=None, out_dtyp
 
     def launch(c):
         BP, BN = tile(pr.p, c["BP"]), tile(pr.n, c["BN"])
-        npn = triton.cdiv(pr.p, BP) * triton.cdiv(pr.n, BN)
+        npn = cdiv(pr.p, BP) * cdiv(pr.n, BN)
         _chunk_state_passing_kernel[(pr.h * npn + ncb + ndt, pr.b)](
             *args, BP=BP, BN=BN, **common, **launch_opts(c["num_warps"], c["num_stages"]))
 

@@ -10,6 +10,7 @@ import torch
 import triton
 
 from . import INTERPRET
+from .utils import cdiv, next_power_of_2
 
 
 @dataclass
@@ -48,7 +49,7 @@ def prepare(x, dt, A, B, C, chunk_size, D, dt_bias, initial_state) -> Prepared:
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
     return Prepared(x, dt, A, B, C, D, dt_bias, initial_state, out_dtype, b, l, h, p, g, n,
-                    chunk_size, triton.cdiv(l, chunk_size))
+                    chunk_size, cdiv(l, chunk_size))
 
 
 def fused_scratch(pr: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,7 +68,7 @@ def hand_off_dtype(pr: Prepared) -> torch.dtype:
 
 def tile(dim: int, cap: int) -> int:
     """Power-of-two tile >= 16 (tl.dot's minimum) covering dim up to cap."""
-    return max(16, min(cap, triton.next_power_of_2(dim)))
+    return max(16, min(cap, next_power_of_2(dim)))
 
 
 def launch_opts(num_warps: int, num_stages: int) -> dict:
@@ -156,4 +157,4 @@ def pick(key, candidates, run):
 
 def work_bucket(n: int) -> int:
     """Tuning-key size class: sequences of similar length share one tuned choice."""
-    return triton.next_power_of_2(max(1, n))
+    return next_power_of_2(max(1, n))

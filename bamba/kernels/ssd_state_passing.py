@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from .ssd_common import Prepared, launch_opts
+from .utils import cdiv, next_power_of_2
 
 
 @triton.jit
@@ -57,9 +58,9 @@ def state_passing(pr: Prepared, states, cs, *, out_dtype=None, exp2=False, BS=No
     b, nc, h, p, n = states.shape
     out = states if out_dtype is None else torch.empty(states.shape, dtype=out_dtype, device=states.device)
     final = torch.empty(b, h, p, n, dtype=torch.float32, device=states.device)
-    BS = BS or min(256, triton.next_power_of_2(p * n))
+    BS = BS or min(256, next_power_of_2(p * n))
     init = pr.initial_state
-    grid = (triton.cdiv(p * n, BS), b, h)
+    grid = (cdiv(p * n, BS), b, h)
     _state_passing_kernel[grid](states, out, init if init is not None else final, final, cs,
                                 h, p * n, nc, cs.stride(0), cs.stride(1), cs.stride(2),
                                 HAS_INIT=init is not None, EXP2=exp2, CHUNK=pr.chunk, BS=BS,

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .ssd_chunk_cumsum import load_dt
-from .utils import kernel_dt_limit
+from .utils import cdiv, kernel_dt_limit, next_power_of_2
 from .ssd_common import launch_opts
 
 
@@ -58,15 +58,15 @@ def ssd_step_triton(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=Tru
     b, h, p = x.shape
     g, n = B.shape[1:]
     y = torch.empty_like(x)
-    BN = max(16, triton.next_power_of_2(n))
-    BP = max(1, min(triton.next_power_of_2(p), 4096 // BN))
+    BN = max(16, next_power_of_2(n))
+    BP = max(1, min(next_power_of_2(p), 4096 // BN))
     A = A.float()
     dummy = A
     # reset: None, a bool for all sequences (constexpr: no tensor op per token) or a (b,) bool tensor
     zero = reset is True
     per_seq = isinstance(reset, torch.Tensor)
     reset_t = reset.to(torch.int8).contiguous() if per_seq else dummy
-    grid = (b, h, triton.cdiv(p, BP))
+    grid = (b, h, cdiv(p, BP))
     _ssd_step_kernel[grid](
         state, x, dt, A, B, C, D if D is not None else dummy, dt_bias if dt_bias is not None else dummy,
         reset_t, y, *kernel_dt_limit(dt_limit), h, p, n, h // g,
