@@ -27,8 +27,8 @@ for part in $parts; do
         CUDA_VISIBLE_DEVICES=1 timeout 300 python3 benchmarks/scoring.py --pairs 256 --out "$out/scoring.json" \
             >"$out/scoring.log" 2>&1 &
         scoring=$!
-        CUDA_VISIBLE_DEVICES=0 step tests 150 bash tests/run_gpu_checks.sh
-        CUDA_VISIBLE_DEVICES=0 step ssd 150 python3 benchmarks/ssd.py --batches 1 8 --out "$out/ssd.json"
+        CUDA_VISIBLE_DEVICES=0 step tests 240 bash tests/run_gpu_checks.sh
+        CUDA_VISIBLE_DEVICES=0 step ssd 300 python3 benchmarks/ssd.py --batches 1 8 --out "$out/ssd.json"
         wait $scoring; echo "== scoring: exit $?"; tail -n 25 "$out/scoring.log" ;;
     model)
         CUDA_VISIBLE_DEVICES=0 step model 240 python3 benchmarks/model.py --no-transformers --out "$out/model.json" ;;

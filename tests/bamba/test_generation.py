@@ -79,6 +79,26 @@ def test_cuda_graph_decode_equals_eager(tok, strategy):
         texts(bamba.generate(model, tok, PROMPTS, cuda_graph=False, **kw))
 
 
+@pytest.mark.parametrize("strategy", ["default", "independent"])
+def test_decode_step_reads_no_host_state(tok, strategy):
+    """What a CUDA graph replays: kernels, not Python. So `decode_step` must take the write slot,
+    positions and chunk resets from device tensors: steps on a cache whose host-side `length` is
+    never advanced give the logits of `forward`'s steps (rows cross chunk boundaries, padded)."""
+    model = tiny_model(strategy=strategy, chunk_size=16)
+    enc = [tok(p)["input_ids"] for p in PROMPTS]
+    width = max(map(len, enc))
+    ids = torch.tensor([[0] * (width - len(e)) + e for e in enc], device=DEVICE)
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc], device=DEVICE)
+    caches = [model.new_cache(len(enc), width + 6) for _ in range(2)]
+    logits = [model(ids, mask, cache, logits_to_keep=1) for cache in caches]
+    stale = caches[1].length
+    for _ in range(6):
+        token = logits[0][:, -1].argmax(-1, keepdim=True)
+        logits = [model(token, cache=caches[0]), model.decode_step(token, caches[1])]
+        torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=0)
+    assert caches[1].length == stale and int(caches[1].slot) == caches[0].length == width + 6
+
+
 def test_sampling_is_seeded(model, tok):
     kw = dict(max_new_tokens=10, do_sample=True, temperature=1.5, top_k=100, top_p=0.95, stop_at_eos=False)
     a = bamba.generate(model, tok, PROMPTS, seed=1, **kw)
