@@ -272,7 +272,10 @@ def main(argv=None):
     rows = []
     results = dict(meta=meta, scan=rows)
 
-    def dump():  # after every group, so a run cut short still leaves its numbers
+    from bamba.kernels.ssd_common import _PICKS   # what the one-time tuning chose (index into candidates)
+
+    def dump():  # after every group, so a run cut short still leaves its numbers and tile choices
+        results["picks"] = {repr(k): v for k, v in _PICKS.items()}
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
     hdr = (f"{'strategy':12s} {'B':>2s} {'L':>6s} {'µs':>10s} {'GB/s':>8s} {'floor µs':>9s} {'of floor':>8s} "
@@ -341,8 +344,6 @@ def main(argv=None):
                               of_floor=step_bytes / bw * 1e6 / us))
         print(f"ssd_step {name:12s} B=1 {us:8.1f} µs  (floor {step_bytes / bw * 1e6:.2f} µs)")
     results["step"] = step_rows
-    from bamba.kernels.ssd_common import _PICKS   # what the one-time tuning chose (index into candidates)
-    results["picks"] = {repr(k): v for k, v in _PICKS.items()}
     for k, v in _PICKS.items():
         print(f"pick {k!r}: {v}")
     for flag, extra in ((args.breakdown, breakdown), (args.sweep, sweep)):
