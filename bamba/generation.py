@@ -159,8 +159,8 @@ def _generate_batch(model, tokenizer, prompts, encoded, max_new_tokens, use_cach
 
 
 class GraphedDecoder:
-    """`model`'s decode step on `cache`, replayed from a CUDA graph: at batch 1 a step is a few
-    hundred small kernels whose launch and Python time exceed their GPU time.
+    """`model`'s decode step on `cache`, replayed from a CUDA graph: at batch 1 a step is ~15 small
+    kernels per layer whose launch and Python time exceed their GPU time.
 
     The first call runs the step eagerly on the capture stream (which also warms up lazily created
     library state there), then captures the step; later calls copy the tokens in and replay.
