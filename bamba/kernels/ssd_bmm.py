@@ -1,11 +1,10 @@
 """Kernel 2 of the chunked scan: per chunk and group, the C·Bᵀ block (Q×Q, lower triangle)."""
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
-from .ssd_common import Prepared, launch_opts, tile
+from .ssd_common import Prepared, cb_scratch, launch_opts, tile
 from .utils import mm
 
 
@@ -53,7 +52,7 @@ def cb_tiles(pr: Prepared):
 
 def chunk_cb(pr: Prepared, out=None):
     """C·Bᵀ per chunk: (b, nchunks, g, Q, Q) fp32; only the causal lower triangle is written."""
-    cb = out if out is not None else torch.empty(pr.b, pr.nchunks, pr.g, pr.chunk, pr.chunk, dtype=torch.float32, device=pr.x.device)
+    cb = out if out is not None else cb_scratch(pr)
     BM, BK, BN = cb_tiles(pr)
     grid = ((pr.chunk // BM) * (pr.chunk // BK), pr.b * pr.nchunks, pr.g)
     _bmm_kernel[grid](pr.C, pr.B, cb, pr.l, pr.n, pr.nchunks, *pr.C.stride(), *pr.B.stride(),

@@ -13,8 +13,9 @@ import triton.language as tl
 
 from .ssd_chunk_cumsum import chunk_cumsum
 from .ssd_chunk_state_passing import entering_states
-from .ssd_common import Prepared, hand_off_dtype, launch_opts, pick, prepare, tile, use_tuned, work_bucket
-from .utils import cdiv, mm
+from .ssd_common import (Prepared, cb_scratch, hand_off_dtype, launch_opts, pick, prepare, tile, use_tuned,
+                         work_bucket)
+from .utils import cdiv, decay, mm
 
 PREV_NONE, PREV_PER_CHUNK, PREV_FIRST_CHUNK = 0, 1, 2
 
@@ -29,10 +30,7 @@ def _prev_head(acc, cv, hp_base, ps, p_ok, nn, N, sp_p, sp_n):
 
 @triton.jit
 def _decay_rows(acc, cs_m, EXP2: tl.constexpr):
-    if EXP2:
-        return acc * tl.exp2(tl.minimum(cs_m, 0.0))[:, None]
-    else:
-        return acc * tl.exp(tl.minimum(cs_m, 0.0))[:, None]
+    return acc * decay(cs_m, EXP2)[:, None]
 
 
 @triton.jit
@@ -41,11 +39,7 @@ def _intra_head(acc, cb, cs_m, cs_row, dt_row, x_head, ms, ks, k_ok, c, ps, p_ok
     """acc += (C·Bᵀ ∘ decay ∘ dt) · x over one key block, for one head (cb shared by the group)."""
     cs_k = tl.load(cs_row + ks, mask=k_ok, other=0.0)
     d_k = tl.load(dt_row + ks, mask=k_ok, other=0.0)
-    seg = tl.minimum(cs_m[:, None] - cs_k[None, :], 0.0)
-    if EXP2:
-        w = tl.exp2(seg)
-    else:
-        w = tl.exp(seg)
+    w = decay(cs_m[:, None] - cs_k[None, :], EXP2)
     w = tl.where((ms[:, None] >= ks[None, :]) & k_ok[None, :], cb * w * d_k[None, :], 0.0)
     xv = tl.load(x_head + (c * CHUNK + ks)[:, None] * sx_l + ps[None, :] * sx_p,
                  mask=k_ok[:, None] & p_ok[None, :], other=0.0)
@@ -227,7 +221,7 @@ def ssd_default(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=Tr
     """
     pr = prepare(x, dt, A, B, C, chunk_size, D, dt_bias, initial_state)
     dt_proc, cs = chunk_cumsum(pr, dt_softplus, dt_limit)
-    cb = torch.empty(pr.b, pr.nchunks, pr.g, pr.chunk, pr.chunk, dtype=torch.float32, device=pr.x.device)
+    cb = cb_scratch(pr)
     prev, final = entering_states(pr, dt_proc, cs, cb, out_dtype=hand_off_dtype(pr))
     y = chunk_scan(pr, cb, dt_proc, cs, prev, PREV_PER_CHUNK)
     return y.to(pr.out_dtype), final

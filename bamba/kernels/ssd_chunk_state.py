@@ -13,17 +13,14 @@ import triton.language as tl
 from .ssd_bmm import cb_tile, cb_tiles
 from .ssd_chunk_cumsum import load_dt
 from .ssd_common import Prepared, launch_opts, pick, tile, use_tuned, work_bucket
-from .utils import cdiv, kernel_dt_limit, LOG2E_C, mm
+from .utils import cdiv, decay, kernel_dt_limit, LOG2E_C, mm
 
 
 @triton.jit
 def state_block(acc, x_base, b_base, pos, valid, ps, ns, d_k, cs_k, cs_last, P, N,
                 sx_l, sx_p, sb_l, sb_n, EXP2: tl.constexpr):
     """acc + Σ_t exp(cs_last − cs_t)·dt_t·x_t·B_tᵀ over one block of positions t (a chunk's state)."""
-    if EXP2:
-        w = tl.exp2(tl.minimum(cs_last - cs_k, 0.0)) * d_k
-    else:
-        w = tl.exp(tl.minimum(cs_last - cs_k, 0.0)) * d_k
+    w = decay(cs_last - cs_k, EXP2) * d_k
     xv = tl.load(x_base + pos[None, :] * sx_l + ps[:, None] * sx_p,
                  mask=valid[None, :] & (ps < P)[:, None], other=0.0)
     bv = tl.load(b_base + pos[:, None] * sb_l + ns[None, :] * sb_n,

@@ -19,7 +19,7 @@ from .ssd_bmm import cb_tile, cb_tiles, chunk_cb
 from .ssd_chunk_state import block_dt, chunk_state, fused_chunk_dt, head_rate, state_block
 from .ssd_common import Prepared, launch_opts, pick, tile, use_tuned, work_bucket
 from .ssd_state_passing import state_passing
-from .utils import cdiv, kernel_dt_limit
+from .utils import cdiv, decay, kernel_dt_limit
 
 
 @triton.jit
@@ -80,11 +80,7 @@ def _chunk_state_passing_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, prev_ptr, init_ptr
                                                  L, sr_l, prefix, dt_min, dt_max, FUSE_DT, HAS_BIAS, SOFTPLUS)
                 acc = state_block(acc, x_base, b_base, pos, valid, ps, ns, d_k, cs_k, cs_last, P, N,
                                   sx_l, sx_p, sb_l, sb_n, EXP2)
-            if EXP2:
-                decay = tl.exp2(tl.minimum(cs_last, 0.0))
-            else:
-                decay = tl.exp(tl.minimum(cs_last, 0.0))
-            state = decay * state + acc
+            state = decay(cs_last, EXP2) * state + acc
         tl.store(final_ptr + bh + s_off, state, mask=smask)
     elif pid < H * npn + NCB:
         if FUSE_CB:  # C·Bᵀ tiles: independent of the state, they fill the SMs around it

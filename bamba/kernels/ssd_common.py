@@ -52,11 +52,15 @@ def prepare(x, dt, A, B, C, chunk_size, D, dt_bias, initial_state) -> Prepared:
                     chunk_size, cdiv(l, chunk_size))
 
 
+def cb_scratch(pr: Prepared) -> torch.Tensor:
+    """The C·Bᵀ tiles' buffer: (b, nchunks, g, Q, Q) fp32."""
+    return torch.empty(pr.b, pr.nchunks, pr.g, pr.chunk, pr.chunk, dtype=torch.float32, device=pr.x.device)
+
+
 def fused_scratch(pr: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Buffers the fused launch fills for the scan: processed dt, its in-chunk cumsum, C·Bᵀ tiles."""
     dt_proc = torch.empty(pr.b, pr.h, pr.nchunks, pr.chunk, dtype=torch.float32, device=pr.x.device)
-    cb = torch.empty(pr.b, pr.nchunks, pr.g, pr.chunk, pr.chunk, dtype=torch.float32, device=pr.x.device)
-    return dt_proc, torch.empty_like(dt_proc), cb
+    return dt_proc, torch.empty_like(dt_proc), cb_scratch(pr)
 
 
 def hand_off_dtype(pr: Prepared) -> torch.dtype:

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .ssd_common import Prepared, launch_opts
-from .utils import cdiv, next_power_of_2
+from .utils import cdiv, decay, next_power_of_2
 
 
 @triton.jit
@@ -36,16 +36,12 @@ def _state_passing_kernel(st_ptr, out_ptr, init_ptr, final_ptr, cs_ptr, H, PN, N
     for c in range(NC):
         off_c = ((pid_b * NC + c) * H + h) * PN + offs
         s_c = s_next
-        e = tl.minimum(e_next, 0.0)
+        e = e_next
         lim = tl.where(c + 1 < NC, PN, 0)
         s_next = tl.load(st_ptr + off_c + H * PN, mask=offs < lim, other=0.0)
         e_next = tl.load(cs_base + (c + 1) * s_cs_c, mask=c + 1 < NC, other=0.0)
         tl.store(out_ptr + off_c, state.to(out_ptr.dtype.element_ty), mask=m)
-        if EXP2:
-            decay = tl.exp2(e)
-        else:
-            decay = tl.exp(e)
-        state = decay * state + s_c
+        state = decay(e, EXP2) * state + s_c
     tl.store(final_ptr + bh + offs, state, mask=m)
 
 

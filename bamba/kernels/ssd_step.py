@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .ssd_chunk_cumsum import load_dt
-from .utils import cdiv, kernel_dt_limit, next_power_of_2
+from .utils import cdiv, decay, kernel_dt_limit, next_power_of_2
 from .ssd_common import launch_opts
 
 
@@ -41,11 +41,10 @@ def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
     d = tl.sum(load_dt(dt_ptr + pid_b * sdt_b + h * sdt_h, bias_ptr, h, tl.arange(0, 1), 1, 0,
                        HAS_BIAS, SOFTPLUS, dt_min, dt_max), axis=0)
     a = tl.load(A_ptr + h).to(tl.float32)
-    decay = tl.exp(tl.minimum(d * a, 0.0))
     xv = tl.load(x_ptr + pid_b * sx_b + h * sx_h + ps * sx_p, mask=pm, other=0.0).to(tl.float32)
     bv = tl.load(B_ptr + pid_b * sb_b + gi * sb_g + ns * sb_n, mask=nm, other=0.0).to(tl.float32)
     cv = tl.load(C_ptr + pid_b * sc_b + gi * sc_g + ns * sc_n, mask=nm, other=0.0).to(tl.float32)
-    state = decay * state + (d * xv)[:, None] * bv[None, :]
+    state = decay(d * a, False) * state + (d * xv)[:, None] * bv[None, :]
     tl.store(st_ptrs, state.to(state_ptr.dtype.element_ty), mask=smask)
     y = tl.sum(state * cv[None, :], axis=1)
     if HAS_D:

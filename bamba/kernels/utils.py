@@ -130,6 +130,16 @@ def softplus_clamp(dt, DT_SOFTPLUS: tl.constexpr, dt_min, dt_max):
     return dt
 
 
+@triton.jit
+def decay(e, EXP2: tl.constexpr):
+    """exp(e) of a log-decay e <= 0 (2**e when the cumsum is in log2 units); e is clamped at 0,
+    where rounding can leave it slightly above."""
+    if EXP2:
+        return tl.exp2(tl.minimum(e, 0.0))
+    else:
+        return tl.exp(tl.minimum(e, 0.0))
+
+
 # The Triton interpreter (CPU) multiplies bf16/fp16 dot operands wrongly; it gets fp32 operands.
 _UPCAST_DOT = tl.constexpr(INTERPRET)
 
