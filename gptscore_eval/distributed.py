@@ -81,6 +81,17 @@ def merge_shards(path: Path, kind: records.Kind, order: Iterable[tuple] = ()) ->
     return len(gathered)
 
 
+def work_units(pending: Sequence[dict], field: str, groups: Sequence, size: int) -> list[tuple]:
+    """The units of work one process runs, in its order: for each group, the pending records with
+    ``record[field] == group`` in runs of ``size``, as (group, records). ShardedWriter.share deals
+    them out to the ranks."""
+    units = []
+    for group in groups:
+        members = [r for r in pending if r[field] == group]
+        units += [(group, members[start:start + size]) for start in range(0, len(members), size)]
+    return units
+
+
 class ShardedWriter:
     """A RecordWriter for this rank's share of a job; a plain one when there is one process.
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from gptscore_eval import records
-from gptscore_eval.distributed import ShardedWriter, default_device
+from gptscore_eval.distributed import ShardedWriter, default_device, work_units
 
 TINY = "tiny-random"
 # Models shipped with the project, by name: the small Bamba distilled from SmolLM2-135M-Instruct.
@@ -93,9 +93,8 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
         pending = writer.pending({"id": p["id"], "strategy": s, "index": i}
                                  for s in strategies for i, p in enumerate(prompts))
         # The batches one process would run; under torchrun each rank takes every world_size-th one.
-        batches = [(s, [(t["index"], prompts[t["index"]]) for t in pairs[start:start + batch_size]])
-                   for s in strategies for pairs in [[t for t in pending if t["strategy"] == s]]
-                   for start in range(0, len(pairs), batch_size)]
+        batches = [(s, [(t["index"], prompts[t["index"]]) for t in unit])
+                   for s, unit in work_units(pending, "strategy", strategies, batch_size)]
         mine = writer.share(batches)
         total = sum(len(batch) for _, batch in mine)
         summary = {"out": str(out), "written": 0, "skipped": writer.skipped}

@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from gptscore_eval.gptscore import F_SCORES, gptscore
-from gptscore_eval.distributed import ShardedWriter, default_device
+from gptscore_eval.distributed import ShardedWriter, default_device, work_units
 from gptscore_eval.records import DIRECTIONS, read_records, run_metadata
 from gptscore_eval.templates import TEMPLATES, get_aspect, load_demos, templates_for
 
@@ -64,9 +64,8 @@ def score_outputs(
         pending = writer.pending({"id": r["id"], "strategy": r["strategy"], "scorer": scorer_name, "aspect": aspect,
                                   "output": r} for aspect in aspects for r in outputs if r["output"].strip())
         # The chunks one process would score; under torchrun each rank takes every world_size-th one.
-        chunks = [(aspect, [t["output"] for t in todo[start : start + chunk_size]])
-                  for aspect in aspects for todo in [[t for t in pending if t["aspect"] == aspect]]
-                  for start in range(0, len(todo), chunk_size)]
+        chunks = [(aspect, [t["output"] for t in unit])
+                  for aspect, unit in work_units(pending, "aspect", aspects, chunk_size)]
         mine = writer.share(chunks)
         total = sum(len(chunk) for _, chunk in mine)
         if total and not hasattr(scorer, "score"):
