@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from bamba.generation import encode_prompt  # before transformers: bamba picks the Triton mode on import
+from gptscore_eval.records import read_records
 
 DATA = Path(__file__).resolve().parent.parent
 SEED_SETS = ("qa_256.jsonl", "qa_512.jsonl", "demo.jsonl")
@@ -70,10 +71,7 @@ TASKS = ("What is {t}?", "Explain {t} in simple terms.", "Why is {t} important?"
 
 
 def build_prompts(seed: int) -> list[str]:
-    prompts = []
-    for name in SEED_SETS:
-        with open(DATA / name, encoding="utf-8") as f:
-            prompts += [json.loads(line)["prompt"] for line in f if line.strip()]
+    prompts = [r["prompt"] for name in SEED_SETS for r in read_records(DATA / name, "prompts").records]
     prompts += [task.format(t=topic.strip()) for topic in TOPICS for task in TASKS]
     random.Random(seed).shuffle(prompts)
     return prompts
@@ -257,7 +255,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     student.to(torch.bfloat16).save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
-    demo = [json.loads(line)["prompt"] for line in open(DATA / "demo.jsonl", encoding="utf-8")]
+    demo = [r["prompt"] for r in read_records(DATA / "demo.jsonl", "prompts").records]
     log.update(
         args={k: str(v) for k, v in vars(args).items()}, prompts=len(prompts), answers=len(examples),
         answer_tokens=sum(len(s) - a for s, a in examples), parameters=sum(p.numel() for p in student.parameters()),
