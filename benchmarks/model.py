@@ -2,8 +2,9 @@
 
 The seed study's performance mode: the first 4 layers of Bamba-9B (all Mamba2 layers; its
 attention layers are 9, 18, 27) with random bf16 weights, batch 1, prompts of 1k and 4k tokens,
-use_cache on (prefill, then recurrent decode, eager and replayed from a CUDA graph) and off (every token recomputes the whole
-sequence: a few steps only), next to transformers' BambaForCausalLM on the same weights.
+use_cache on (prefill, then recurrent decode, eager and replayed from a CUDA graph) and off
+(every token recomputes the whole sequence: a few steps only), next to transformers'
+BambaForCausalLM on the same weights.
 
 Timing: CUDA events around each call, median of --repeats after --warmup runs, fresh random
 tokens per run. Peak memory: torch.cuda.max_memory_allocated during the call (weights included).

@@ -109,7 +109,8 @@ def plot(kind: str, files: tuple[str, ...], out: str, **options) -> None:
 
 
 @main.command()
-@click.option("--model", "model_name", required=True, help="Bamba checkpoint directory, Hub id, bamba-tiny (shipped, trained) or tiny-random.")
+@click.option("--model", "model_name", required=True,
+              help="Bamba checkpoint directory, Hub id, bamba-tiny (shipped, trained) or tiny-random.")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Prompt set (JSONL).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="outputs.jsonl to append to.")
 @click.option("--strategies", default="default", show_default=True,

@@ -30,8 +30,8 @@ def load_model(name: str, *, strategy: str = "default", chunk_size: int | None =
     from bamba import BambaForCausalLM
     from transformers import AutoTokenizer
 
-    model = BambaForCausalLM.from_pretrained(EMBEDDED.get(name, name), strategy=strategy, chunk_size=chunk_size, num_layers=num_layers,
-                                             dtype=dtype, device=device)
+    model = BambaForCausalLM.from_pretrained(EMBEDDED.get(name, name), strategy=strategy, chunk_size=chunk_size,
+                                             num_layers=num_layers, dtype=dtype, device=device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model.path))
     except (OSError, ValueError) as err:
@@ -108,8 +108,8 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
         chat = uses_chat_template(tokenizer, chat_template)
         _check_lengths(data, [p for _, batch in mine for _, p in batch], tokenizer, lm, max_new_tokens, chat)
         graph = use_cache and lm.device.type == "cuda"  # decode steps replayed from a CUDA graph: timings differ
-        generation = {**same, "batch_size": batch_size, "stop_at_eos": True, "chat_template": chat, "backend": lm.backend,
-                      "cuda_graph": graph, "num_layers": lm.config.num_hidden_layers,
+        generation = {**same, "batch_size": batch_size, "stop_at_eos": True, "chat_template": chat,
+                      "backend": lm.backend, "cuda_graph": graph, "num_layers": lm.config.num_hidden_layers,
                       "dtype": str(lm.dtype).removeprefix("torch.")}
         if writer.written:
             _check_resume(out, writer.written, {"chunk_size": lm.chunk_size, "dtype": generation["dtype"],
