@@ -43,7 +43,7 @@ _LOGIT_ELEMENTS = 1 << 27
 # SDPA kernels the scorer allows. Not cuDNN's: it builds an execution plan for every new input
 # shape, and length-sorted batches are nearly all new shapes. With it allowed, scoring 256 pairs
 # after a reused prefix took 4.3 s instead of 1.5 s on an H200 (1.2B scorer, docs/benchmarks.md).
-_SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 _DTYPES = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
@@ -365,7 +365,7 @@ class GPTScorer:
             )
             kwargs["use_cache"] = True
         # Default position ids are what we need: 0.. without a cache, `shared`.. after the prefix.
-        with sdpa_kernel([getattr(SDPBackend, name) for name in _SDPA_BACKENDS]):
+        with sdpa_kernel(_SDPA_BACKENDS):
             hidden = self.model.base_model(input_ids=input_ids.to(self.device), **kwargs).last_hidden_state
         predicts = predicts.to(hidden.device)  # the last layer's device when the model is spread
         logprobs = self._token_logprobs(hidden[predicts], next_ids.to(hidden.device)[predicts])
