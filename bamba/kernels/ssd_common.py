@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,15 +133,17 @@ def pick(key, candidates, run):
     host time that dominates short sequences. The choice is kept in ``tuning_file()`` so every
     later process makes the same one. ``run(candidate)`` must be repeatable (it may write the
     real outputs). The first candidate is used, untimed, under the interpreter and during
-    CUDA-graph capture (timing needs syncs).
+    CUDA-graph capture (timing needs syncs). The file's key names the candidate list too, so a
+    changed list (a new tile added) is timed afresh rather than left to an older choice.
     """
     i = _PICKS.get(key)
     if i is not None:
         return candidates[i]
     if INTERPRET or len(candidates) == 1 or torch.cuda.is_current_stream_capturing():
         return candidates[0]
-    stored = _read_tuning().get(repr(key))
-    if stored in candidates:  # a candidate list changed since: time again
+    file_key = f"{key!r} of {zlib.crc32(repr(candidates).encode()):08x}"
+    stored = _read_tuning().get(file_key)
+    if stored in candidates:
         _PICKS[key] = candidates.index(stored)
         return stored
     from triton.testing import do_bench
@@ -155,7 +158,7 @@ def pick(key, candidates, run):
     if times[i] == float("inf"):
         raise RuntimeError(f"no candidate ran for {key!r}")
     _PICKS[key] = i
-    _write_tuning(repr(key), candidates[i])
+    _write_tuning(file_key, candidates[i])
     return candidates[i]
 
 
