@@ -108,7 +108,8 @@ def _chunk_state_passing_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, prev_ptr, init_ptr
 # only b·h·(p/BP)·(n/BN) sequential programs, and the SMs need several each.
 SEQ_CFG = dict(BP=32, BN=64, num_warps=4, num_stages=2)
 SEQ_CANDIDATES = [dict(BP=bp, BN=bn, num_warps=w, num_stages=s)
-                  for bp, bn, w, s in ((32, 64, 4, 2), (16, 64, 4, 2), (64, 64, 4, 2), (32, 128, 8, 2))]
+                  for bp, bn, w, s in ((32, 64, 4, 2), (16, 64, 4, 2), (64, 64, 4, 2), (32, 128, 8, 2),
+                                       (64, 64, 4, 1), (32, 64, 4, 1))]
 
 
 def chunk_state_passing(pr: Prepared, dt_proc, cs, cb=None, *, dt=None, out_dtype=torch.float32,
