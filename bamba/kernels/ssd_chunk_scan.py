@@ -162,8 +162,8 @@ def _chunk_scan_kernel(x_ptr, c_ptr, cb_ptr, dt_ptr, cs_ptr, prev_ptr, d_ptr, y_
 # HB: heads per program (see the kernel); BKN: state-dim block of the inter-chunk product (a
 # smaller one frees registers: sm_90 builds of 4-warp / multi-head tiles spill at BKN=128).
 # The timed pick keeps the plain tiles wherever these are slower. One-stage tiles (no prefetch,
-# the least shared memory) measured fastest on the H200 at 4k and 16k tokens (165 / 657 µs against
-# 185 / 708 for the best two-stage tile).
+# the least shared memory) measured fastest on the H200 at 4k and 16k tokens (`benchmarks/ssd.py
+# --sweep`: 159 / 609 µs against 187 / 706 for the best two-stage tile).
 SCAN_CFG = dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=2, HB=1, BKN=128)
 SCAN_CANDIDATES = [dict(BM=bm, BN=64, BK=bk, num_warps=w, num_stages=s, HB=hb, BKN=bkn)
                    for bm, bk, w, s, hb, bkn in (
