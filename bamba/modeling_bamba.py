@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import STRATEGIES, causal_conv1d, causal_conv1d_update, ssd, ssd_step
+from .kernels.rms_norm import rms_norm, rms_norm_gated
 from .ssd import check_backend, get_strategy
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -210,6 +211,12 @@ class Batch:
 # Norms
 
 
+def _fused_norm(x: torch.Tensor) -> bool:
+    """Norms run as one Triton launch each on CUDA at inference (`kernels.rms_norm`: the same
+    expressions; it has no backward, so autograd keeps the PyTorch form)."""
+    return x.is_cuda and not torch.is_grad_enabled()
+
+
 class BambaRMSNorm(nn.Module):
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -217,6 +224,8 @@ class BambaRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
+        if _fused_norm(x):
+            return rms_norm(x, self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
@@ -232,6 +241,8 @@ class BambaRMSNormGated(nn.Module):
         self.eps = eps
 
     def forward(self, y, gate):
+        if _fused_norm(y):
+            return rms_norm_gated(y, gate, self.weight, self.group_size, self.eps)
         h = y.float() * F.silu(gate.float())
         h = h.unflatten(-1, (-1, self.group_size))
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
