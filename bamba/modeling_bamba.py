@@ -211,10 +211,11 @@ class Batch:
 # Norms
 
 
-def _fused_norm(x: torch.Tensor) -> bool:
-    """Norms run as one Triton launch each on CUDA at inference (`kernels.rms_norm`: the same
-    expressions; it has no backward, so autograd keeps the PyTorch form)."""
-    return x.is_cuda and not torch.is_grad_enabled()
+def _fused_norm(x: torch.Tensor, backend: str) -> bool:
+    """With the model's "triton" backend, norms run as one Triton launch each on CUDA at inference
+    (`kernels.rms_norm`: the same expressions; it has no backward, so autograd keeps the PyTorch
+    form, as does the "torch" backend)."""
+    return backend == "triton" and x.is_cuda and not torch.is_grad_enabled()
 
 
 class BambaRMSNorm(nn.Module):
@@ -223,8 +224,8 @@ class BambaRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x):
-        if _fused_norm(x):
+    def forward(self, x, backend: str = "torch"):
+        if _fused_norm(x, backend):
             return rms_norm(x, self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -240,8 +241,8 @@ class BambaRMSNormGated(nn.Module):
         self.group_size = group_size
         self.eps = eps
 
-    def forward(self, y, gate):
-        if _fused_norm(y):
+    def forward(self, y, gate, backend: str = "torch"):
+        if _fused_norm(y, backend):
             return rms_norm_gated(y, gate, self.weight, self.group_size, self.eps)
         h = y.float() * F.silu(gate.float())
         h = h.unflatten(-1, (-1, self.group_size))
@@ -314,7 +315,7 @@ class BambaMixer(nn.Module):
             y = self._scan(x.view(b, l, self.num_heads, self.head_dim), dt, A,
                            B.view(b, l, self.n_groups, self.d_state), C.view(b, l, self.n_groups, self.d_state),
                            batch, ssm_args)
-        return self.out_proj(self.norm(y.reshape(b, l, -1), gate))
+        return self.out_proj(self.norm(y.reshape(b, l, -1), gate, batch.backend))
 
     def _scan(self, x, dt, A, B, C, batch: Batch, ssm_args):
         cache = batch.cache
@@ -431,8 +432,8 @@ class BambaDecoderLayer(nn.Module):
 
     def forward(self, hidden, batch: Batch):
         mixer = self.self_attn if hasattr(self, "self_attn") else self.mamba
-        hidden = hidden + mixer(self.input_layernorm(hidden), batch)
-        return hidden + self.feed_forward(self.pre_ff_layernorm(hidden))
+        hidden = hidden + mixer(self.input_layernorm(hidden, batch.backend), batch)
+        return hidden + self.feed_forward(self.pre_ff_layernorm(hidden, batch.backend))
 
 
 class BambaModel(nn.Module):
@@ -527,7 +528,7 @@ class BambaForCausalLM(nn.Module):
             cache.padded = padded
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        return self.lm_head(self.model.final_layernorm(hidden))
+        return self.lm_head(self.model.final_layernorm(hidden, self.backend))
 
     def decode_step(self, input_ids: torch.Tensor, cache: BambaCache) -> torch.Tensor:
         """Logits (b, 1, vocab) of one new token per row (input_ids (b, 1)) after a filled cache.
@@ -548,7 +549,7 @@ class BambaForCausalLM(nn.Module):
             hidden = layer(hidden, batch)
         cache.seen += 1
         cache.slot += 1
-        return self.lm_head(self.model.final_layernorm(hidden))
+        return self.lm_head(self.model.final_layernorm(hidden, self.backend))
 
     @staticmethod
     def _padding(attention_mask, b, l, past, device):
