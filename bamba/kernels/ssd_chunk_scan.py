@@ -163,7 +163,7 @@ def _chunk_scan_kernel(x_ptr, c_ptr, cb_ptr, dt_ptr, cs_ptr, prev_ptr, d_ptr, y_
 # smaller one frees registers: sm_90 builds of 4-warp / multi-head tiles spill at BKN=128).
 # The timed pick keeps the plain tiles wherever these are slower. One-stage tiles (no prefetch,
 # the least shared memory) measured fastest on the H200 at 4k and 16k tokens (`benchmarks/ssd.py
-# --sweep`: 159 / 609 µs against 187 / 706 for the best two-stage tile).
+# --sweep`: 159 / 609 µs against 187 / 706 for the best two-stage tile; 155 / 591 with BKN=64).
 SCAN_CFG = dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=2, HB=1, BKN=128)
 SCAN_CANDIDATES = [dict(BM=bm, BN=64, BK=bk, num_warps=w, num_stages=s, HB=hb, BKN=bkn)
                    for bm, bk, w, s, hb, bkn in (
@@ -174,7 +174,7 @@ SCAN_CANDIDATES = [dict(BM=bm, BN=64, BK=bk, num_warps=w, num_stages=s, HB=hb, B
                        (64, 64, 8, 2, 2, 128), (64, 64, 8, 2, 2, 32), (64, 64, 8, 3, 2, 32),
                        (128, 32, 8, 2, 2, 32), (128, 64, 8, 2, 2, 32),
                        (64, 32, 8, 2, 4, 32), (64, 64, 8, 2, 4, 32),
-                       (64, 64, 4, 1, 1, 128), (64, 32, 4, 1, 1, 128))]
+                       (64, 64, 4, 1, 1, 128), (64, 32, 4, 1, 1, 128), (64, 32, 4, 1, 1, 64))]
 
 
 def heads_per_program(hb: int, heads_per_group: int) -> int:
