@@ -43,15 +43,21 @@ class RecordError(ValueError):
 
 
 def _text(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return f"expected a string, got {_json_type(value)}"
+    if (reason := _string(value)) is not None:
+        return reason
     if not value.strip() or not any(ch.isprintable() and not ch.isspace() for ch in value):
         return "must not be empty or invisible"
     return None
 
 
 def _string(value: Any) -> str | None:
-    return None if isinstance(value, str) else f"expected a string, got {_json_type(value)}"
+    if not isinstance(value, str):
+        return f"expected a string, got {_json_type(value)}"
+    try:  # JSON's \ud800 escapes decode to lone surrogates, which no tokenizer (or file) takes
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"not valid Unicode text: lone surrogate \\u{ord(value[err.start]):04x} at character {err.start + 1}"
+    return None
 
 
 def _text_or_texts(value: Any) -> str | None:
@@ -279,6 +285,10 @@ def _parse(path: Path, number: int, raw: bytes, terminated: bool) -> Any:
                 path, number, "truncated last line (a crash while writing?); rerunning the writer repairs it"
             )
         raise RecordError(path, number, f"invalid JSON: {err.msg} at column {err.colno}")
+    except RecursionError:
+        raise RecordError(path, number, "invalid JSON: nested too deeply") from None
+    except ValueError as err:  # e.g. an integer longer than Python converts
+        raise RecordError(path, number, f"invalid JSON: {err}") from None
 
 
 def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:

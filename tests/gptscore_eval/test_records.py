@@ -253,3 +253,16 @@ def test_seed_conversion_drops_duplicates_and_invisible_references():
     assert [r["prompt"] for r in kept] == ["q", "s"]
     assert len(dropped) == 2 and "duplicate" in dropped[0] and "invisible" in dropped[1]
     assert kept[0]["id"] == convert_seed.convert([item], "t")[0][0]["id"]  # stable
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"id": "p1", "prompt": "what is x\\ud800?", "reference": "r."}', "field 'prompt': not valid Unicode text"),
+    ("[" * 100_000 + "]" * 100_000, "invalid JSON: nested too deeply"),
+    ('{"id": "p1", "prompt": "q?", "reference": "r.", "n": ' + "9" * 5000 + "}", "invalid JSON: Exceeds the limit"),
+])
+def test_json_that_python_parses_badly_is_a_record_error(tmp_path, line, message):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps(prompt(0)) + "\n" + line + "\n")
+    with pytest.raises(RecordError, match=f"prompts.jsonl:2: {message}"):
+        read_records(path, "prompts")
+
