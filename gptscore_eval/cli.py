@@ -11,8 +11,9 @@ import click
 from gptscore_eval import records
 from gptscore_eval.templates import ASPECTS, TEMPLATES  # no torch: cheap enough for --help
 
-# Errors that are the user's to fix (bad files, bad options): one line, no traceback.
-USER_ERRORS = (records.RecordError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError)
+# Errors that are the user's to fix (bad files, bad options, paths that cannot be read or made,
+# a full disk): one line, no traceback.
+USER_ERRORS = (ValueError, OSError)
 
 
 def user_errors(command):

@@ -25,6 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so two runs on one file are not detected there
+    fcntl = None
+
 META_KEY = "_meta"
 
 
@@ -380,9 +385,15 @@ class RecordWriter:
         self.repaired_bytes = 0
         self._file = None
         self.existing: list[dict] = []  # the records already in the file when it was opened
-        if self.path.exists():
-            self.repaired_bytes = repair_partial_last_line(self.path)
-            self.existing = read_records(self.path, self.kind, allow_empty=True).records
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after the work
+        self._lock = _lock(self.path)
+        try:
+            if self.path.exists():
+                self.repaired_bytes = repair_partial_last_line(self.path)
+                self.existing = read_records(self.path, self.kind, allow_empty=True).records
+        except BaseException:
+            _unlock(self._lock)
+            raise
         self._keys = {self.kind.key_of(r) for r in self.existing}
 
     @property
@@ -407,7 +418,6 @@ class RecordWriter:
         if key in self._keys:
             raise ValueError(f"{self.path}: record {key} is already written")
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")
             self._append({META_KEY: self.meta})
         self._append(record)
@@ -422,6 +432,8 @@ class RecordWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+        _unlock(self._lock)
+        self._lock = None
 
     def __enter__(self) -> "RecordWriter":
         return self
@@ -441,6 +453,34 @@ def split_done(kind: Kind, records: Iterable[dict], done: set[tuple]) -> tuple[l
             seen.add(key)
             remaining.append(record)
     return remaining, skipped
+
+
+def _lock(path: Path) -> tuple[int, Path] | None:
+    """Hold ``.NAME.lock`` next to PATH exclusively, or fail at once: two runs appending to one
+    file would each compute the same pending records and write every one of them twice."""
+    if fcntl is None:
+        return None
+    lock_path = path.with_name(f".{path.name}.lock")
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RecordError(path, None, f"another run is writing this file (it holds {lock_path.name})") from None
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                return fd, lock_path
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed it while we opened it: lock the one there now
+
+
+def _unlock(lock: tuple[int, Path] | None) -> None:
+    if lock is not None:
+        fd, lock_path = lock
+        lock_path.unlink(missing_ok=True)  # before releasing: a run that opened it sees it gone
+        os.close(fd)
 
 
 def repair_partial_last_line(path: Path) -> int:

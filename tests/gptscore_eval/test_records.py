@@ -266,3 +266,23 @@ def test_json_that_python_parses_badly_is_a_record_error(tmp_path, line, message
     with pytest.raises(RecordError, match=f"prompts.jsonl:2: {message}"):
         read_records(path, "prompts")
 
+
+def test_a_second_writer_on_the_same_file_fails_at_once(tmp_path):
+    path = tmp_path / "sub" / "outputs.jsonl"  # the directory is made when the writer opens
+    with RecordWriter(path, "outputs") as first:
+        assert path.parent.is_dir()
+        with pytest.raises(RecordError, match="another run is writing this file"):
+            RecordWriter(path, "outputs")
+        first.write(output(0))
+    with RecordWriter(path, "outputs") as again:  # released on close
+        assert len(again) == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["outputs.jsonl"]  # no lock file left
+
+
+def test_a_writer_that_fails_to_open_releases_its_lock(tmp_path):
+    path = tmp_path / "outputs.jsonl"
+    path.write_text("not json\n")
+    with pytest.raises(RecordError, match=":1: invalid JSON"):
+        RecordWriter(path, "outputs")
+    path.write_text("")
+    RecordWriter(path, "outputs").close()
