@@ -59,7 +59,8 @@ def shard_path(path: Path, rank: int) -> Path:
 def merge_shards(path: Path, kind: records.Kind, order: Iterable[tuple] = ()) -> int:
     """Append the records of every ``PATH.rankR`` to PATH (in ``order``, then file order), skip
     keys already there, and delete the shards; return how many records were added."""
-    shards = sorted(path.parent.glob(path.name + ".rank*"))
+    # PATH.rankR only: not the PATH.rankR.partial that repairing a crashed rank's shard leaves
+    shards = sorted(p for p in path.parent.glob(path.name + ".rank*") if p.name[len(path.name) + 5:].isdigit())
     if not shards:
         return 0
     for shard in shards:

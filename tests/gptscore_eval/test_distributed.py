@@ -78,6 +78,8 @@ def test_failed_ranks_keep_their_records_and_a_rerun_finishes(tmp_path):
     assert sorted(r["id"] for r in lines) == sorted(t["id"] for t in TODO)  # nothing lost or repeated
     assert not list(tmp_path.glob("*.rank?"))
     assert (tmp_path / "out.jsonl.rank1.partial").exists()  # the fragment is kept aside
+    job(out)  # a later run merges shards only, not the fragment kept aside
+    assert data_lines(out) == lines
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
