@@ -47,6 +47,23 @@ def default_device() -> str:
     return f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str | None, *, allow_auto: bool = False) -> None:
+    """A one-line error, before any work, for a device name torch does not parse or a GPU this
+    machine does not have (None: the default; "auto": spread over all GPUs, where allowed)."""
+    if device is None or (allow_auto and device == "auto"):
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: {device!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError(f"device: {device!r}, but torch sees no CUDA GPU on this machine")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device: {device!r}, but this machine has {count} CUDA GPU(s)")
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from gptscore_eval import records
-from gptscore_eval.distributed import ShardedWriter, default_device, work_units
+from gptscore_eval.distributed import ShardedWriter, check_device, default_device, work_units
 
 TINY = "tiny-random"
 # Models shipped with the project, by name: the small Bamba distilled from SmolLM2-135M-Instruct.
@@ -76,6 +76,7 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
     from bamba.generation import uses_chat_template
 
     strategies = check_strategies(strategies)
+    check_device(device)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit: expected an integer >= 1, got {limit!r}")
     prompts = records.read_records(data, "prompts").records[:limit]

@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from gptscore_eval.gptscore import F_SCORES, gptscore
-from gptscore_eval.distributed import ShardedWriter, default_device, work_units
+from gptscore_eval.distributed import ShardedWriter, check_device, default_device, work_units
 from gptscore_eval.records import DIRECTIONS, read_records, run_metadata
 from gptscore_eval.templates import TEMPLATES, get_aspect, load_demos, templates_for
 
@@ -44,6 +44,7 @@ def score_outputs(
     there is something to score, with ``batch_size``, ``device``, ``dtype`` and ``max_length``.
     Outputs that are empty are not scored; the summary lists them under ``skipped_empty``.
     """
+    check_device(device, allow_auto=True)
     outputs = read_records(outputs_path, "outputs").records
     aspects = [get_aspect(a).name for a in aspects]
     templates = templates_for(directions, template)

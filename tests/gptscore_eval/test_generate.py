@@ -130,6 +130,8 @@ def test_local_checkpoint_directory(tmp_path, data):
     (["--chunk-size", "24"], "power of two >= 16"),
     (["--model", "no/such-model-anywhere"], "no/such-model-anywhere"),
     (["--model", "./missing-dir"], "no such checkpoint directory"),
+    (["--device", "gpu0"], "device: 'gpu0' is not a device name"),
+    (["--device", "cuda:99"], "device: 'cuda:99', but"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, data, args, message):
     result = run(*BASE, "--data", data, "--out", tmp_path / "o.jsonl", *args)

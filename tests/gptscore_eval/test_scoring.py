@@ -121,6 +121,7 @@ def test_src_hyp_with_demos_and_a_template_string(outputs, tmp_path, smol):
         (["BAD", "--batch-size", "zero"], "batch size must be a positive integer"),
         (["BAD", "--scorer", "/no/such/model/dir"], "cannot load scorer"),
         (["BAD", "--dtype", "int3"], "unknown dtype"),
+        (["BAD", "--device", "gpu0"], "device: 'gpu0' is not a device name"),
     ],
 )
 def test_bad_input_is_a_one_line_error(outputs, tmp_path, args, message):
