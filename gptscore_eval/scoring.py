@@ -75,25 +75,39 @@ def score_outputs(
             if device is None and writer.world_size > 1:
                 device = default_device()
             scorer = GPTScorer(scorer_name, batch_size=batch_size, device=device, dtype=dtype, max_length=max_length)
+
+        def score(records: list[dict], aspect: str) -> list[dict]:
+            return gptscore([r["output"] for r in records], [r["reference"] for r in records], scorer=scorer,
+                            srcs=[r["prompt"] for r in records], directions=directions, aspect=aspect,
+                            demos=demo_list, template=template, multi_ref=multi_ref)
+
         with tqdm(total=total, unit="output", desc=f"scoring with {scorer_name}",
                   disable=not progress or writer.rank > 0) as bar:
             for aspect, chunk in mine:
-                results = gptscore(
-                    [r["output"] for r in chunk], [r["reference"] for r in chunk], scorer=scorer,
-                    srcs=[r["prompt"] for r in chunk], directions=directions, aspect=aspect,
-                    demos=demo_list, template=template, multi_ref=multi_ref,
-                )
-                for record, result in zip(chunk, results):
-                    writer.write({
-                        "id": record["id"], "strategy": record["strategy"], "scorer": scorer_name,
-                        "aspect": aspect, "template": label, "num_chunks": record["num_chunks"], **result,
-                    })
+                try:
+                    scored = list(zip(chunk, score(chunk, aspect)))
+                except ValueError:  # one output cannot be scored: keep the others, then name it
+                    scored = []
+                    for record in chunk:
+                        try:
+                            scored.append((record, score([record], aspect)[0]))
+                        except ValueError as err:
+                            _write_scores(writer, scored, scorer_name, aspect, label)
+                            raise ValueError(f"{outputs_path}: output id={record['id']!r} strategy="
+                                             f"{record['strategy']!r}: {err}") from None
+                _write_scores(writer, scored, scorer_name, aspect, label)
                 bar.update(len(chunk))
     written = read_records(out_path, "scores", allow_empty=True).records if Path(out_path).exists() else []
     summary = summarize(written, scorer=scorer_name, aspects=aspects)
     summary["written"] = total
     summary["skipped_empty"] = [f"{r['id']}/{r['strategy']}" for r in skipped]
     return summary
+
+
+def _write_scores(writer, scored: list[tuple[dict, dict]], scorer_name: str, aspect: str, label: str) -> None:
+    for record, result in scored:
+        writer.write({"id": record["id"], "strategy": record["strategy"], "scorer": scorer_name, "aspect": aspect,
+                      "template": label, "num_chunks": record["num_chunks"], **result})
 
 
 def _template_label(templates: dict[str, str]) -> str:

@@ -140,3 +140,34 @@ def test_invalid_outputs_line_is_reported_with_its_line_number(tmp_path):
     result = run(path, "--out", tmp_path / "scores.jsonl")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{path}:2: field 'output': expected a string" in result.output
+
+
+def test_an_out_path_that_cannot_be_made_fails_before_the_scorer_loads(outputs, tmp_path):
+    (tmp_path / "afile").write_text("")
+    # a scorer that cannot load: were it loaded first, its error would be the one shown
+    result = run(outputs, "--out", tmp_path / "afile" / "scores.jsonl", "--scorer", "/no/such/model/dir")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "afile" in result.output and "cannot load scorer" not in result.output
+
+
+class FailsOnLongTargets:
+    """Scores every pair -1, and refuses (like a too-small max_length) a target marked TOO LONG."""
+
+    name = "stub"
+
+    def score(self, contexts, targets, *, template, prefix):
+        from gptscore_eval.scorer import TargetScore
+
+        if any("TOO LONG" in t for t in targets):
+            raise ValueError("pair 0: target of 61 tokens does not fit in max_length=48")
+        return [TargetScore(-1.0, -2.0, 2, False) for _ in targets]
+
+
+def test_an_output_that_cannot_be_scored_is_named_and_the_others_are_kept(tmp_path):
+    path = tmp_path / "outputs.jsonl"
+    rows = [output_record(q, p, r, "default", "TOO LONG" if q == "q2" else "fine.") for q, p, r in QA]
+    records.write_records(path, "outputs", rows)
+    out = tmp_path / "scores.jsonl"
+    with pytest.raises(ValueError, match=r"outputs.jsonl: output id='q2' strategy='default': pair 0: target of 61"):
+        score_outputs(path, out, scorer=FailsOnLongTargets(), progress=False)
+    assert [r["id"] for r in records.read_records(out, "scores").records] == ["q1"]  # scored before it: kept
