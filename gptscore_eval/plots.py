@@ -216,6 +216,8 @@ def save(fig: Figure, path: str | Path, formats: Sequence[str] | None = None) ->
     """Write the figure to ``path`` (its suffix picks the format) or, with ``formats``, one file
     per format next to it (``path`` without suffix + ``.png``, ``.svg``, ...)."""
     path = Path(path)
+    if formats is None and path.suffix.lstrip(".").lower() not in fig.canvas.get_supported_filetypes():
+        raise ValueError(f"{path}: the suffix picks the figure format: end it in .png, .svg or .pdf")
     targets = [path] if formats is None else [path.with_suffix("." + f) for f in formats]
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)

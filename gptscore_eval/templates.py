@@ -129,6 +129,8 @@ def load_demos(path: str | Path) -> list[Demo]:
         raise ValueError(f"{path}: no such demonstrations file") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: invalid JSON: {err.msg} at line {err.lineno}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not valid UTF-8 (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a JSON list of demonstrations")
     demos = []

@@ -56,6 +56,15 @@ def test_performance_figures_render(kind, perf, tmp_path):
     _check_saved(plots.PERFORMANCE_KINDS[kind](perf), tmp_path, kind)
 
 
+def test_a_figure_path_without_a_format_suffix_is_refused(perf, tmp_path):
+    fig = plots.PERFORMANCE_KINDS["latency"](perf)
+    for name in ("latency", "latency.txt"):
+        with pytest.raises(ValueError, match="end it in .png, .svg or .pdf"):
+            plots.save(fig, tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+    assert plots.save(fig, tmp_path / "latency.PDF") == [tmp_path / "latency.PDF"]
+
+
 def test_score_label_names_the_units():
     assert "nats" in plots.score_label("ref_hyp") and "ref→hyp" in plots.score_label("ref_hyp")
 

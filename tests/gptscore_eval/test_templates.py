@@ -41,6 +41,9 @@ def test_shipped_and_user_demonstrations(tmp_path):
             load_demos(path)
     with pytest.raises(ValueError, match="no such demonstrations file"):
         load_demos(tmp_path / "none.json")
+    path.write_bytes(b'[{"reference": "a\xff", "hypothesis": "b"}]')
+    with pytest.raises(ValueError, match=r"demos.json: not valid UTF-8 \(byte 0xff at offset 17\)"):
+        load_demos(path)
 
 
 def test_prefix_shows_demos_in_the_scored_direction():
