@@ -110,6 +110,9 @@ def test_sampling_is_seeded(model, tok):
     greedy = bamba.generate(model, tok, PROMPTS, max_new_tokens=5, stop_at_eos=False)
     assert texts(greedy) == texts(bamba.generate(model, tok, PROMPTS, max_new_tokens=5, do_sample=True, top_k=1,
                                                  stop_at_eos=False))
+    # so is a temperature so small that logits / temperature overflows fp32
+    assert texts(greedy) == texts(bamba.generate(model, tok, PROMPTS, max_new_tokens=5, do_sample=True,
+                                                 temperature=1e-39, stop_at_eos=False))
 
 
 def test_stops_at_eos(model, tok):
