@@ -200,8 +200,9 @@ def _sampler(do_sample, temperature, top_k, top_p, generators):
 
     def sample(logits):
         # Shifted so the largest is 0 first: a tiny temperature then sends the rest to -inf
-        # (near-greedy) instead of overflowing everything to inf (a NaN distribution).
-        logits = (logits - logits.amax(-1, keepdim=True)) / temperature
+        # (near-greedy) instead of overflowing everything to inf (a NaN distribution). Below the
+        # smallest normal float it acts as that one (GPUs flush a subnormal divisor to 0: 0/0).
+        logits = (logits - logits.amax(-1, keepdim=True)) / max(temperature, torch.finfo(logits.dtype).tiny)
         if top_k is not None:
             kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
