@@ -35,10 +35,16 @@ def score_label(field: str) -> str:
     return f"{_FIELD_LABELS.get(field, field)}\n[mean log p per token, nats]"
 
 
+def percent(fraction: float) -> str:
+    """A confidence level as a label: 0.95 -> '95%', 0.999 -> '99.9%' (not rounded to '100%')."""
+    return f"{fraction * 100:g}%"
+
+
 def _style(strategies: Sequence[str]) -> dict[str, dict]:
-    """The same colour and marker for a strategy in every figure of one report."""
+    """The same colour and marker for a strategy in every figure of one report: assigned in name
+    order, not in the order a figure lists them (score figures put the baseline first)."""
     return {s: {"color": OKABE_ITO[i % len(OKABE_ITO)], "marker": MARKERS[i % len(MARKERS)]}
-            for i, s in enumerate(strategies)}
+            for i, s in enumerate(sorted(strategies))}
 
 
 def _figure(title: str, width: float = 6.4) -> tuple[Figure, object]:
@@ -82,7 +88,7 @@ def score_distribution(scores: ScoreSet, strategies: Sequence[str] | None = None
 def score_means(analysis: dict) -> Figure:
     """Per strategy: mean and harmonic mean of the scores, each with its confidence interval."""
     strategies = list(analysis["strategies"])
-    fig, ax = _figure(f"Mean and harmonic mean with {analysis['confidence']:.0%} BCa intervals")
+    fig, ax = _figure(f"Mean and harmonic mean with {percent(analysis['confidence'])} BCa intervals")
     for offset, (key, label, marker, face) in zip((-0.1, 0.1), (("mean", "arithmetic mean", "o", None),
                                                                 ("hmean", "harmonic mean (probability space)", "s", "white"))):
         for i, s in enumerate(strategies):
@@ -104,7 +110,7 @@ def score_by_chunks(analysis: dict) -> Figure:
     if not buckets:
         raise ValueError("the scores carry no num_chunks: pass outputs.jsonl too, or score with num_chunks")
     style = _style(strategies)
-    fig, ax = _figure(f"Mean score by prompt length ({analysis['confidence']:.0%} BCa intervals)")
+    fig, ax = _figure(f"Mean score by prompt length ({percent(analysis['confidence'])} BCa intervals)")
     for i, s in enumerate(strategies):
         rows = [analysis["strategies"][s][str(b)] for b in buckets]
         x = np.arange(len(buckets)) + _dodge(i, len(strategies))
@@ -125,7 +131,7 @@ def paired_differences(scores: ScoreSet, analysis: dict) -> Figure:
         raise ValueError("only one strategy: nothing to compare with the baseline")
     style = _style(list(analysis["strategies"]))
     fig, ax = _figure(f"Paired differences against {baseline}\n(dots: prompts; diamond: mean with "
-                      f"{analysis['confidence']:.0%} BCa interval)")
+                      f"{percent(analysis['confidence'])} BCa interval)")
     overall = {c["strategy"]: c for c in analysis["comparisons"] if c["num_chunks"] is None}
     reference = scores.sample(baseline)
     for x, s in enumerate(others):

@@ -23,6 +23,7 @@ from gptscore_eval.stats import NO_CI, ScoreSet, analyse, select_scores
 HEADLINE_TEST = "p_randomization"
 TEST_NAMES = {"p_bootstrap": "paired bootstrap", "p_randomization": "approximate randomization",
               "p_wilcoxon": "Wilcoxon signed-rank"}
+FIGURE_FORMATS = ("png", "svg")  # every report figure, in both
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ def score_analysis(inputs: Inputs, options: Options) -> tuple[ScoreSet, dict]:
     if inputs.scores is None:
         raise ValueError("no scores file given")
     chunks = {r["id"]: r["num_chunks"] for r in inputs.outputs.records} if inputs.outputs else None
+    if chunks is not None and chunks.keys().isdisjoint(r["id"] for r in inputs.scores.records):
+        raise ValueError(f"{inputs.outputs.path}: none of the ids scored in {inputs.scores.path} is in it "
+                         "(the two files come from different runs)")
     scores = select_scores(inputs.scores.records, field=options.field, scorer=options.scorer,
                            aspect=options.aspect, allow_unpaired=options.allow_unpaired, num_chunks=chunks)
     return scores, analyse(scores, baseline=options.baseline, **options.bootstrap)
@@ -112,8 +116,11 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, options: Opti
         summary["performance"] = perf
         figures.update({kind: draw_kind(perf) for kind, draw_kind in plots.PERFORMANCE_KINDS.items()
                         if measured(perf, plots.PERFORMANCE_KIND_METRIC[kind])})
+    for kind in plots.KINDS:  # a figure of an earlier report into this directory must not linger
+        for fmt in FIGURE_FORMATS:
+            (out_dir / "figures" / f"{kind}.{fmt}").unlink(missing_ok=True)
     for kind, fig in figures.items():
-        saved = plots.save(fig, out_dir / "figures" / kind, formats=("png", "svg"))
+        saved = plots.save(fig, out_dir / "figures" / kind, formats=FIGURE_FORMATS)
         summary["figures"].append([str(p.relative_to(out_dir)) for p in saved])
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out_dir / "report.md").write_text(_markdown(summary, options), encoding="utf-8")
@@ -173,18 +180,19 @@ def _markdown(summary: dict, options: Options) -> str:
 
 
 def _score_section(a: dict, path: str, options: Options, notes: list[str]) -> list[str]:
-    level = f"{a['confidence']:.0%}"
+    level = plots.percent(a["confidence"])
     pairing = (f"paired by id across {len(a['strategies'])} strategies; baseline `{a['baseline']}`."
                if len(a["strategies"]) > 1 else f"one strategy (`{a['baseline']}`): nothing to compare.")
     lines = [
         "## Quality (GPTScore)", "",
         f"Scores from `{path}`: scorer `{a['scorer']}`, aspect `{a['aspect']}`, field `{a['field']}` "
-        f"(mean log-probability per target token, nats; higher is better). {a['n_ids']} prompts, {pairing}",
+        f"(mean log-probability per target token, nats; higher is better). {a['n_ids']} "
+        f"prompt{'s' if a['n_ids'] != 1 else ''}, {pairing}",
         "",
-        f"Intervals: {level} BCa bootstrap ({a['n_resamples']} resamples, seed {a['seed']}). "
-        f"Tests against the baseline: {', '.join(TEST_NAMES.values())}; Holm-adjusted within each "
-        f"family (the comparisons at one prompt-length level). Sentences state the "
-        f"{TEST_NAMES[HEADLINE_TEST]} p-value.",
+        f"Intervals: {level} BCa bootstrap ({a['n_resamples']} resamples, seed {a['seed']})."
+        + (f" Tests against the baseline: {', '.join(TEST_NAMES.values())}; Holm-adjusted within each "
+           f"family (the comparisons at one prompt-length level). Sentences state the "
+           f"{TEST_NAMES[HEADLINE_TEST]} p-value." if len(a["strategies"]) > 1 else ""),
         "",
     ]
     if a["dropped_unpaired"]:
@@ -220,7 +228,7 @@ def _score_section(a: dict, path: str, options: Options, notes: list[str]) -> li
         if by_bucket:
             lines += _comparison_table(by_bucket, level, with_bucket=True)
     else:
-        notes.append("No num_chunks in the scores (and no outputs file): no breakdown by prompt length.")
+        notes.append("No num_chunks in the scores or the outputs: no breakdown by prompt length.")
     return lines
 
 
@@ -238,7 +246,7 @@ def _comparison_table(comparisons: list[dict], level: str, with_bucket: bool = F
 def _performance_section(perf: dict, path: str, options: Options, notes: list[str]) -> list[str]:
     lines = ["## Performance", "",
              f"Timings from `{path}` on {', '.join(perf['devices'])}; model {', '.join(perf['models'])}. "
-             f"Medians with {options.confidence:.0%} bootstrap intervals ({options.n_resamples} resamples), "
+             f"Medians with {plots.percent(options.confidence)} bootstrap intervals ({options.n_resamples} resamples), "
              "and 90th percentiles, per strategy and prompt length (num_chunks; 'all' pools them).", ""]
     if len(perf["devices"]) > 1 or len(perf["models"]) > 1:
         notes.append("Outputs come from more than one device or model: their timings are not comparable.")

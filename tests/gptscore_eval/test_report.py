@@ -172,4 +172,38 @@ def test_report_of_one_strategy_says_there_is_nothing_to_compare(tmp_path):
     build_fixture(tmp_path, strategies=("default",))
     summary = write_report([tmp_path / "scores.jsonl"], tmp_path / "out", Options(n_resamples=199))
     assert summary["scores"]["comparisons"] == [] and summary["sentences"] == []
-    assert "one strategy (`default`): nothing to compare." in (tmp_path / "out" / "report.md").read_text()
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "one strategy (`default`): nothing to compare." in md and "Tests against the baseline" not in md
+
+
+def test_a_second_report_into_the_same_directory_leaves_only_its_own_figures(tmp_path):
+    build_fixture(tmp_path)
+    write_report([tmp_path / "scores.jsonl", tmp_path / "outputs.jsonl"], tmp_path / "out", Options(n_resamples=199))
+    summary = write_report([tmp_path / "outputs.jsonl"], tmp_path / "out", Options(n_resamples=199))
+    on_disk = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out" / "figures").iterdir())
+    assert on_disk == sorted(path for pair in summary["figures"] for path in pair)
+    assert not any(kind in " ".join(on_disk) for kind in ("distribution", "means", "by-chunks", "differences"))
+
+
+def test_scores_and_outputs_of_different_runs_are_refused(tmp_path):
+    build_fixture(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    outputs = [{**r, "id": "z" + r["id"]} for r in records.read_records(tmp_path / "outputs.jsonl").records]
+    records.write_records(other / "outputs.jsonl", "outputs", outputs)
+    with pytest.raises(ValueError, match="other/outputs.jsonl: none of the ids scored in .*scores.jsonl is in it"):
+        write_report([tmp_path / "scores.jsonl", other / "outputs.jsonl"], tmp_path / "out", Options(n_resamples=199))
+
+
+def test_confidence_levels_are_not_rounded_in_labels(tmp_path):
+    build_fixture(tmp_path)
+    write_report([tmp_path / "scores.jsonl", tmp_path / "outputs.jsonl"], tmp_path / "out",
+                 Options(confidence=0.999, n_resamples=199))
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "99.9% BCa bootstrap" in md and "Medians with 99.9% bootstrap" in md and "100%" not in md
+
+
+def test_a_strategy_keeps_its_colour_whatever_the_order():
+    from gptscore_eval.plots import _style
+
+    assert _style(["optimized", "default"]) == _style(["default", "optimized"])
