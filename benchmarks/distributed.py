@@ -90,10 +90,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.smoke:
         args.gpus, args.prompts, args.max_new_tokens = 2, 4, 3
-    elif args.gpus < 2:
-        sys.exit(f"needs at least 2 GPUs, found {args.gpus}")
+    elif args.gpus < 2 or torch.cuda.device_count() < args.gpus:
+        sys.exit(f"needs {max(args.gpus, 2)} GPUs (--gpus), found {torch.cuda.device_count()} (use --smoke on CPU)")
+    with tempfile.TemporaryDirectory(prefix="dist-bench-") as work:  # checkpoints and records: removed after
+        run(args, Path(work))
 
-    work = Path(tempfile.mkdtemp(prefix="dist-bench-"))
+
+def run(args, work: Path) -> None:
     model_dir, scorer_dir = build_checkpoints(work, args.seed, args.smoke)
     data = ROOT / "data" / "qa_256.jsonl"
     generate_args = ["--model", str(model_dir), "--data", str(data), "--strategies", "default,independent",

@@ -36,8 +36,8 @@ BAMBA_9B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, nu
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=32, mamba_n_groups=1,
             mamba_d_state=16, mamba_chunk_size=16)
-COPY_BYTES_PER_S = 4.26e12  # H200, measured (DESIGN.md §7)
-MATMUL_FLOPS = 690e12       # H200 bf16, measured (DESIGN.md §7)
+COPY_BYTES_PER_S = 4.26e12  # H200, measured for DESIGN.md §7: the floors are the H200's
+MATMUL_FLOPS = 690e12       # H200 bf16, measured for DESIGN.md §7
 
 
 class Timer:
@@ -225,7 +225,7 @@ def main(argv=None):
     }
     print()
     print(table(rows))
-    print(f"floors: decode step >= {floors['decode_floor_s'] * 1e3:.3f} ms (weights / copy bandwidth); "
+    print(f"H200 floors: decode step >= {floors['decode_floor_s'] * 1e3:.3f} ms (weights / copy bandwidth); "
           + ", ".join(f"prefill@{n} >= {floors[f'prefill_floor_s@{n}'] * 1e3:.2f} ms" for n in lengths))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

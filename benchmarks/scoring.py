@@ -213,7 +213,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.shapes, args.pairs, args.naive_pairs = "tiny", min(args.pairs, 24), min(args.naive_pairs, 4)
-    device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    if not args.smoke and not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU (use --smoke on CPU)")
+    device = torch.device("cpu" if args.smoke else "cuda")
 
     references = texts()
     tokenizer = train_tokenizer(references, 2048 if args.smoke else 32000)
