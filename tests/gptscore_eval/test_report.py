@@ -99,8 +99,11 @@ def test_report_states_each_comparison_in_a_sentence(reported):
         assert sentence, c["strategy"]
         assert [float(x) for x in sentence.groups()[:3]] == pytest.approx([diff, low, high], abs=6e-5)
         assert sentence.group(5) == verdict
+        stated = sentence.group(4)  # the Holm-adjusted p, not the raw one
+        assert stated == "< 0.001" if expected_p < 0.001 else float(stated.removeprefix("= ")) == pytest.approx(expected_p, rel=5e-3)
     independent = next(c for c in comparisons if c["strategy"] == "independent")
     assert independent["p_randomization_holm"] < 0.05 and independent["losses"] == len(baseline)
+    assert "significant at α = 0.05 (independent worse)" in reported["md"]  # it scores lower
     assert "independent vs default" in reported["stdout"]
 
 

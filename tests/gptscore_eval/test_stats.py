@@ -54,6 +54,16 @@ def test_summarize_matches_numpy():
     assert s.notes == ()
 
 
+def test_harmonic_mean_interval_is_scipy_s_bca_interval_of_the_log_harmonic_mean():
+    values = np.array([-1.0, -2.0, -4.0, -0.5, -3.0, -1.5])
+    s = stats.summarize(values, n_resamples=RESAMPLES, seed=3)
+    # The statistic itself is checked against hand-computed values above; here, that the interval
+    # is scipy's BCa interval of exactly that statistic, at the given level and seed.
+    expected = sps.bootstrap((values,), stats.log_harmonic_mean, n_resamples=RESAMPLES, vectorized=True,
+                             method="BCa", rng=np.random.default_rng(3)).confidence_interval
+    assert s.hmean_ci == pytest.approx(tuple(expected), rel=1e-12)
+
+
 def test_summarize_one_sample_has_no_interval_and_says_so():
     s = stats.summarize([-1.5])
     assert (s.mean, s.hmean, s.mean_ci, s.hmean_ci) == (-1.5, -1.5, None, None)
@@ -118,6 +128,13 @@ def test_compare_identical_samples_is_not_significant():
     c = stats.compare(a, a, n_resamples=RESAMPLES)
     assert (c.diff, c.diff_ci, c.p_bootstrap, c.p_randomization, c.p_wilcoxon) == (0.0, (0.0, 0.0), 1.0, 1.0, 1.0)
     assert c.effect_size is None and (c.wins, c.ties, c.losses) == (0, 3, 0)
+
+
+def test_p_values_never_reach_zero():
+    # 30 equal positive differences: no sign flip or resample is as extreme, so both tests give
+    # the smallest p their resample count allows, 1 / (R + 1), never 0.
+    c = stats.compare(np.zeros(30) + 1.0, np.zeros(30), n_resamples=RESAMPLES)
+    assert c.p_randomization == c.p_bootstrap == 1 / (RESAMPLES + 1)
 
 
 def test_compare_one_pair_has_no_test():
@@ -234,6 +251,12 @@ def test_select_scores_rejects_duplicates_and_missing_fields():
         stats.select_scores([_score("a", "default", -1.0), _score("a", "default", -2.0)])
     with pytest.raises(ValueError, match="'hyp_ref' is missing in 1 records: a/default"):
         stats.select_scores([_score("a", "default", -1.0)], field="hyp_ref")
+
+
+def test_select_scores_rejects_an_id_with_two_prompt_lengths():
+    records = [_score("a", "default", -1.0, num_chunks=1), _score("a", "optimized", -2.0, num_chunks=2)]
+    with pytest.raises(ValueError, match="id 'a' has num_chunks 1 and 2"):
+        stats.select_scores(records)
 
 
 def test_select_scores_buckets_from_records_or_a_mapping():
