@@ -105,6 +105,8 @@ def test_sampling_is_seeded(model, tok):
     assert texts(a) == texts(bamba.generate(model, tok, PROMPTS, seed=1, **kw))
     assert texts(a) == texts(bamba.generate(model, tok, PROMPTS, seed=1, batch_size=2, **kw))
     assert texts(a) != texts(bamba.generate(model, tok, PROMPTS, seed=2, **kw))
+    # prompt i draws from its own generator seeded seed + i, as it would alone
+    assert texts(a) == texts([bamba.generate(model, tok, [p], seed=1 + i, **kw)[0] for i, p in enumerate(PROMPTS)])
     assert texts(a) != texts(bamba.generate(model, tok, PROMPTS, max_new_tokens=10, stop_at_eos=False))
     # top_k=1 is greedy
     greedy = bamba.generate(model, tok, PROMPTS, max_new_tokens=5, stop_at_eos=False)
@@ -113,6 +115,17 @@ def test_sampling_is_seeded(model, tok):
     # so is a temperature so small that logits / temperature overflows fp32
     assert texts(greedy) == texts(bamba.generate(model, tok, PROMPTS, max_new_tokens=5, do_sample=True,
                                                  temperature=1e-39, stop_at_eos=False))
+
+
+def test_top_p_keeps_the_token_that_crosses_it():
+    from bamba.generation import _sampler
+
+    # probabilities 0.4, 0.35, 0.25: the smallest set reaching 0.5 is the first two tokens
+    logits = torch.tensor([0.4, 0.35, 0.25]).log().expand(400, 3)
+    generator = torch.Generator().manual_seed(0)
+    drawn = _sampler(True, 1.0, None, 0.5, [generator] * 400)(logits)
+    assert set(drawn.tolist()) == {0, 1}
+    assert 0.45 < (drawn == 0).float().mean().item() < 0.62  # 0.4 / 0.75 = 0.53 after renormalizing
 
 
 def test_stops_at_eos(model, tok):
@@ -125,6 +138,11 @@ def test_stops_at_eos(model, tok):
     eos_model.config.eos_token_id = free.token_ids[k]
     (stopped,) = bamba.generate(eos_model, tok, PROMPTS[:1], max_new_tokens=6)
     assert stopped.finish_reason == "eos" and stopped.token_ids == free.token_ids[:k]
+    # in a batch, a row that stops early is timed up to its own last token
+    batch = bamba.generate(eos_model, tok, PROMPTS, max_new_tokens=6, batch_size=3)
+    assert batch[0].output_tokens == k and max(g.output_tokens for g in batch) > k
+    for g in batch:
+        assert g.total_s == pytest.approx(g.prefill_s + sum(g.decode_s))
     assert len(stopped.decode_s) == k  # tokens 2..k+1 (the EOS) came from decode steps
 
 
