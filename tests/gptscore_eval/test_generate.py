@@ -79,6 +79,8 @@ def test_resume_refuses_other_settings(tmp_path, data):
     assert result.exit_code == 1 and "do_sample=False, not True" in result.output
     result = run(*BASE, "--data", data, "--out", out, "--max-new-tokens", "3", "--chunk-size", "16")
     assert result.exit_code == 1 and "chunk_size=64, not 16" in result.output
+    result = run(*BASE, "--data", data, "--out", out, "--max-new-tokens", "3", "--seed", "7")
+    assert result.exit_code == 1 and "seed=0, not 7" in result.output
     assert out.read_bytes() == before
 
 
