@@ -37,15 +37,18 @@ def test_prefill_matches_torch(kit, backend, k, activation, use_bias):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("split", [2, 20])   # shorter and longer than k-1 = 3
-def test_state_continuation(kit, backend, split):
+# pieces shorter and longer than k-1 = 3, and short pieces that continue from a non-zero state
+@pytest.mark.parametrize("cuts", [(2,), (20,), (5, 6), (1, 3, 4)])
+def test_state_continuation(kit, backend, cuts):
     x, w, bias = _inputs(kit.device)
     y_full, s_full = bamba.causal_conv1d(x, w, bias, backend=backend)
-    y1, s1 = bamba.causal_conv1d(x[:, :split], w, bias, backend=backend)
-    y2, s2 = bamba.causal_conv1d(x[:, split:], w, bias, conv_state=s1, backend=backend)
-    kit.close(torch.cat([y1, y2], dim=1), torch_conv(x, w, bias, "silu"), tol=1e-5)
+    ys, state = [], None
+    for start, end in zip((0, *cuts), (*cuts, x.shape[1])):
+        y, state = bamba.causal_conv1d(x[:, start:end], w, bias, conv_state=state, backend=backend)
+        ys.append(y)
+    kit.close(torch.cat(ys, dim=1), torch_conv(x, w, bias, "silu"), tol=1e-5)
     kit.close(y_full, torch_conv(x, w, bias, "silu"), tol=1e-5)
-    torch.testing.assert_close(s2, s_full)
+    torch.testing.assert_close(state, s_full)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
