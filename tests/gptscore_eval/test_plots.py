@@ -92,3 +92,6 @@ def test_performance_medians_and_p90_match_numpy(perf):
     assert latency["median_ci"][0] <= latency["median"] <= latency["median_ci"][1]
     memory = perf["strategies"]["default"]["all"]["peak_memory_bytes"]
     assert memory["median"] == 2 * 2**30 and memory["n"] == 12
+    # inter-token latency: per output the median of its decode steps, then their median
+    per_output = [np.median(r["timings"]["decode_s"]) for r in rows if r["strategy"] == "optimized" and r["num_chunks"] == 2]
+    assert perf["strategies"]["optimized"]["2"]["inter_token_s"]["median"] == pytest.approx(np.median(per_output))
