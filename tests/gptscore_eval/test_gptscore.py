@@ -79,6 +79,18 @@ def test_multiple_references(multi_ref):
     assert len(stub.calls[2][0]) == 1  # src_hyp scored once per sample, not once per reference
 
 
+def test_multiple_references_average_sums_and_token_counts():
+    class CountingStub(StubScorer):
+        """A target's count is its number of words, its sum minus that."""
+
+        def score(self, contexts, targets, *, template, prefix):
+            return [TargetScore(-1.0, -float(len(t.split())), len(t.split()), False) for t in targets]
+
+    # hyp_ref scores each reference as the target: 1 and 3 words
+    [result] = gptscore(["h"], [["bad", "one two three"]], scorer=CountingStub(), directions=("hyp_ref",))
+    assert result["hyp_ref"] == {"mean": -1.0, "sum": -2.0, "count": 2, "truncated": False}
+
+
 def test_input_errors():
     stub = StubScorer()
     with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
