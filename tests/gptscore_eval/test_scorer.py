@@ -153,6 +153,22 @@ def test_scores_equal_direct_token_by_token_computation(tiny, bos_tokenizer, pre
         assert score.mean_logprob == pytest.approx(sum(expected) / len(expected), abs=1e-6)
 
 
+def test_a_model_that_scales_its_logits_scores_as_its_own_forward(bos_tokenizer):
+    """The scorer runs the LM head itself; Granite's forward also divides by logits_scaling."""
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    torch.manual_seed(0)
+    config = GraniteConfig(vocab_size=len(bos_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                           logits_scaling=4.0)
+    model = GraniteForCausalLM(config).double().eval()
+    scorer = tiny_scorer(model, bos_tokenizer)
+    contexts, targets = zip(*PAIRS[:3])
+    scores = scorer.score(contexts, targets, token_logprobs=True)
+    for enc, score in zip(scorer.encode(contexts, targets, DEFAULT_TEMPLATE, ""), scores):
+        assert score.token_logprobs == pytest.approx(direct_logprobs(model, enc.ids, enc.first_target), abs=1e-9)
+
+
 def test_invariant_to_batch_size_and_order(tiny, bos_tokenizer):
     contexts, targets = zip(*PAIRS)
     reference = [s.mean_logprob for s in tiny_scorer(tiny, bos_tokenizer, batch_size=1).score(contexts, targets)]
