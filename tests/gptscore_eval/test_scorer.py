@@ -253,6 +253,16 @@ def test_target_longer_than_max_length_is_an_error(tiny, bos_tokenizer):
         tiny_scorer(tiny, bos_tokenizer, max_length=8).score(["ctx"], ["a target far longer than eight tokens"])
 
 
+def test_truncation_keeps_a_token_before_the_target():
+    from gptscore_eval.scorer import Encoding
+
+    # No BOS and no prefix (n_fixed 0): cutting both context tokens would leave the first target
+    # token with nothing to be predicted from.
+    with pytest.raises(ValueError, match="does not fit in max_length=3"):
+        Encoding([1, 2, 3, 4, 5], first_target=2, n_fixed=0).truncate(3)
+    assert Encoding([1, 2, 3, 4, 5], first_target=2, n_fixed=0).truncate(4) == Encoding([2, 3, 4, 5], 1, 0, True)
+
+
 # -- the default scorer ------------------------------------------------------------------------------
 
 
