@@ -69,15 +69,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+SHARD_SUFFIX = ".rank"  # PATH.rankR: rank R's records
+
+
 def shard_path(path: Path, rank: int) -> Path:
-    return path.with_name(f"{path.name}.rank{rank}")
+    return path.with_name(f"{path.name}{SHARD_SUFFIX}{rank}")
 
 
 def merge_shards(path: Path, kind: records.Kind, order: Iterable[tuple] = ()) -> int:
     """Append the records of every ``PATH.rankR`` to PATH (in ``order``, then file order), skip
     keys already there, and delete the shards; return how many records were added."""
     # PATH.rankR only: not the PATH.rankR.partial that repairing a crashed rank's shard leaves
-    shards = sorted(p for p in path.parent.glob(path.name + ".rank*") if p.name[len(path.name) + 5:].isdigit())
+    prefix = path.name + SHARD_SUFFIX
+    shards = sorted(p for p in path.parent.glob(prefix + "*") if p.name.removeprefix(prefix).isdigit())
     if not shards:
         return 0
     for shard in shards:
