@@ -204,7 +204,7 @@ def breakdown(results):
 
 def sweep(results):
     """Tile sweep for the two heavy kernels (chunk state fused as in `optimized`, chunk scan)."""
-    from bamba.kernels.ssd_chunk_scan import PREV_PER_CHUNK, SCAN_CANDIDATES, chunk_scan
+    from bamba.kernels.ssd_chunk_scan import PREV_PER_CHUNK, SCAN_CANDIDATES, TMA_CANDIDATES, chunk_scan
     from bamba.kernels.ssd_chunk_state import chunk_state
     from bamba.kernels.ssd_common import prepare
     from bamba.kernels.ssd_state_passing import state_passing
@@ -226,7 +226,7 @@ def sweep(results):
                 except Exception as e:  # noqa: BLE001
                     us = f"error: {type(e).__name__}"
                 out.append(dict(kernel="chunk_state_fused", L=L, cfg=cfg, us=us))
-        for cfg in SCAN_CANDIDATES:  # incl. the multi-head (HB) and small state-block (BKN) tiles
+        for cfg in SCAN_CANDIDATES + TMA_CANDIDATES:  # incl. multi-head (HB), state-block (BKN), TMA tiles
             try:
                 us = bench(lambda: chunk_scan(pr, cb, dtp, cs, prev, PREV_PER_CHUNK, exp2=True, cfg=cfg))
             except Exception as e:  # noqa: BLE001

@@ -156,3 +156,59 @@ def test_multi_head_scan(kit, strategy, hb, bkn, shape, monkeypatch):
     ye, se = expected(kit, strategy, inp, Q)
     kit.close(y, ye)
     kit.close(s, se)
+
+
+class _LaunchCount:
+    """Stands in for a jitted kernel and counts its launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize("strategy", TRITON)
+@pytest.mark.parametrize("shape", [(2, 50, 8, 16, 2, 16, 16), (1, 37, 4, 24, 1, 32, 16), (3, 70, 2, 16, 1, 16, 32)],
+                         ids=["b2l50h8g2", "b1l37p24n32", "b3l70Q32"])
+def test_tma_scan(kit, strategy, shape, monkeypatch):
+    """The descriptor-fed chunk scan a GPU may pick by timing: several key and state blocks, a
+    last chunk cut short (rows past the sequence end come back as zeros), p below the tile."""
+    from bamba.kernels import ssd_chunk_scan
+    counter = _LaunchCount(ssd_chunk_scan._chunk_scan_tma_kernel)
+    monkeypatch.setattr(ssd_chunk_scan, "_chunk_scan_tma_kernel", counter)
+    monkeypatch.setattr(ssd_chunk_scan, "SCAN_CFG",
+                        {**ssd_chunk_scan.SCAN_CFG, "BK": 16, "BKN": 16, "TMA": True, "LS": 2})
+    b, l, h, p, g, n, Q = shape
+    inp = kit.make(b, l, h, p, g, n, with_d=True, with_bias=True, with_init=True)
+    y, s = bamba.ssd(**inp, chunk_size=Q, strategy=strategy)
+    assert counter.launches == 1
+    ye, se = expected(kit, strategy, inp, Q)
+    kit.close(y, ye)
+    kit.close(s, se)
+
+
+def test_tma_scan_falls_back_where_descriptors_cannot_read(kit, monkeypatch):
+    """Views TMA cannot address (a base off 16 bytes, heads not packed in a row, n not a power of
+    two) run the pointer kernel instead, with the same results."""
+    from bamba.kernels import ssd_chunk_scan
+    from bamba.kernels.ssd_common import prepare
+    counter = _LaunchCount(ssd_chunk_scan._chunk_scan_tma_kernel)
+    monkeypatch.setattr(ssd_chunk_scan, "_chunk_scan_tma_kernel", counter)
+    monkeypatch.setattr(ssd_chunk_scan, "SCAN_CFG", {**ssd_chunk_scan.SCAN_CFG, "TMA": True, "LS": 2})
+    inp = kit.make(2, 40, 4, 16, 1, 16, with_d=True)
+    ok = prepare(inp["x"], inp["dt"], inp["A"], inp["B"], inp["C"], 16, inp["D"], None, None)
+    assert ssd_chunk_scan.tma_views_ok(ok, None, ssd_chunk_scan.PREV_NONE)
+    wide = torch.empty(2, 40, 4, 17, dtype=inp["x"].dtype, device=inp["x"].device)
+    shifted = dict(inp, x=wide[..., 1:].copy_(inp["x"]))  # same values, base 4 bytes off
+    unpacked = dict(inp, x=inp["x"].transpose(1, 2).contiguous().transpose(1, 2))  # (b, h, l, p) storage
+    odd_n = kit.make(2, 40, 4, 16, 1, 20, with_d=True)
+    for case in (shifted, unpacked, odd_n):
+        pr = prepare(case["x"], case["dt"], case["A"], case["B"], case["C"], 16, case["D"], None, None)
+        assert not ssd_chunk_scan.tma_views_ok(pr, None, ssd_chunk_scan.PREV_NONE)
+        y, s = bamba.ssd(**case, chunk_size=16, strategy="optimized")
+        ye, se = expected(kit, "optimized", case, 16)
+        kit.close(y, ye)
+        kit.close(s, se)
+    assert counter.launches == 0
