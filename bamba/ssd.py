@@ -67,11 +67,11 @@ def check_backend(backend: str) -> str:
 
 
 def _check_runnable(impl: Strategy, x, backend: str) -> None:
-    """Triton kernels need CUDA tensors, or the interpreter chosen before bamba was imported."""
-    from .kernels import INTERPRET
+    """Triton kernels need CUDA tensors, or the interpreter (see bamba.kernels)."""
+    from .kernels import INTERPRET, INTERPRET_HINT
     if check_backend(backend) == "triton" and impl.name != "reference" and not x.is_cuda and not INTERPRET:
         raise ValueError(f"x: expected a CUDA tensor for Triton strategy {impl.name!r} (or run with "
-                         f"TRITON_INTERPRET=1 set before importing bamba), got device {x.device}")
+                         f"{INTERPRET_HINT}), got device {x.device}")
 
 
 def get_strategy(strategy: str) -> Strategy:

@@ -44,10 +44,9 @@ def _check(x, weight, bias, conv_state, activation, backend, step):
 
 
 def _use_triton(x, backend):
-    from . import INTERPRET
+    from . import INTERPRET, INTERPRET_HINT
     if backend == "triton" and not x.is_cuda and not INTERPRET:
-        _fail("x", "a CUDA tensor for backend 'triton' (or TRITON_INTERPRET=1 set before importing bamba)",
-              f"device {x.device}")
+        _fail("x", f"a CUDA tensor for backend 'triton' (or {INTERPRET_HINT})", f"device {x.device}")
     return backend == "triton" or (backend is None and x.is_cuda)
 
 

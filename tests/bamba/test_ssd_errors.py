@@ -87,3 +87,30 @@ def test_triton_strategy_needs_cuda_or_interpreter(kit, monkeypatch):
     with pytest.raises(ValueError, match="CUDA"):
         bamba.causal_conv1d(inp["x"][:, :, 0], torch.ones(16, 4), backend="triton")
     bamba.ssd(**inp, chunk_size=16, strategy="reference")  # the PyTorch path still runs
+
+
+def test_triton_imported_first_on_a_cpu_machine():
+    """A scorer built before bamba is imported loads triton first (transformers imports it); then
+    the interpreter cannot be switched on. bamba still imports, its PyTorch backend runs, and the
+    Triton backend says what to do instead of failing inside a kernel."""
+    import os
+    import subprocess
+    import sys
+    code = """
+import triton, torch
+import bamba
+x = torch.randn(1, 5, 2, 4); dt = torch.randn(1, 5, 2); A = -torch.rand(2)
+B = torch.randn(1, 5, 1, 4); C = torch.randn(1, 5, 1, 4)
+y, _ = bamba.ssd(x, dt, A, B, C, chunk_size=16, strategy="optimized", backend="torch")
+ref, _ = bamba.ssd(x, dt, A, B, C, chunk_size=16, strategy="reference")
+assert torch.allclose(y, ref)
+try:
+    bamba.ssd(x, dt, A, B, C, chunk_size=16, strategy="optimized")
+except ValueError as e:
+    print(e)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "expected a CUDA tensor" in run.stdout and "before triton is first imported" in run.stdout
