@@ -114,7 +114,8 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
                       "dtype": str(lm.dtype).removeprefix("torch.")}
         if writer.written:
             _check_resume(out, writer.written, {"chunk_size": lm.chunk_size, "dtype": generation["dtype"],
-                                                "num_layers": generation["num_layers"], "chat_template": chat})
+                                                "num_layers": generation["num_layers"], "chat_template": chat,
+                                                "backend": lm.backend})
         device_name = _device_name(lm.device)
         with tqdm(total=total, desc="generate", unit="output", disable=not progress or writer.rank > 0) as bar:
             for strategy, batch in mine:

@@ -81,6 +81,10 @@ def test_resume_refuses_other_settings(tmp_path, data):
     assert result.exit_code == 1 and "chunk_size=64, not 16" in result.output
     result = run(*BASE, "--data", data, "--out", out, "--max-new-tokens", "3", "--seed", "7")
     assert result.exit_code == 1 and "seed=0, not 7" in result.output
+    # the kernels or their PyTorch definitions: same strategy, different rounding
+    made, other = ("triton", "torch") if torch.cuda.is_available() else ("torch", "triton")
+    result = run(*BASE, "--data", data, "--out", out, "--max-new-tokens", "3", "--backend", other)
+    assert result.exit_code == 1 and f"backend={made!r}, not {other!r}" in result.output
     assert out.read_bytes() == before
 
 
