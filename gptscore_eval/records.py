@@ -100,6 +100,12 @@ def _optional(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]
     return lambda value: None if value is None else check(value)
 
 
+def _one_of(*allowed: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in allowed else f"expected one of {', '.join(map(repr, allowed))}, got {value!r}"[:200]
+    return check
+
+
 def _object(value: Any) -> str | None:
     return None if isinstance(value, dict) else f"expected an object, got {_json_type(value)}"
 
@@ -202,6 +208,7 @@ OUTPUTS = Kind(
         Field("num_chunks", _int(1)),
         Field("generation", _object),
         Field("timings", _timings),
+        Field("finish_reason", _one_of("eos", "length"), required=False),  # absent in older files
         Field("peak_memory_bytes", _optional(_int(0))),
         Field("device", _text),
         Field("run_id", _string, required=False),

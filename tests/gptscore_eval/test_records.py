@@ -96,6 +96,8 @@ def test_bad_prompt_lines_name_file_line_and_field(tmp_path, bad_line, expected)
         ({"chunk_size": 1.5}, "field 'chunk_size': expected an integer"),
         ({"strategy": ""}, "field 'strategy': must not be empty"),
         ({"generation": []}, "field 'generation': expected an object"),
+        ({"finish_reason": 5}, "field 'finish_reason': expected one of 'eos', 'length', got 5"),
+        ({"finish_reason": "stop"}, "field 'finish_reason': expected one of 'eos', 'length', got 'stop'"),
     ],
 )
 def test_bad_output_fields(tmp_path, change, expected):
