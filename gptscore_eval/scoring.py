@@ -48,6 +48,9 @@ def score_outputs(
     outputs = read_records(outputs_path, "outputs").records
     aspects = [get_aspect(a).name for a in aspects]
     templates = templates_for(directions, template)
+    for name, items in (("aspects", aspects), ("directions", list(directions))):
+        if len(set(items)) != len(items):  # the second would collide with the first's records midway
+            raise ValueError(f"{name}: listed twice in {', '.join(items)}")
     demo_list = load_demos(demos) if demos else []
     if isinstance(scorer, str) or scorer is None:
         from gptscore_eval.scorer import DEFAULT_SCORER

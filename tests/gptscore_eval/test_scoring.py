@@ -171,3 +171,13 @@ def test_an_output_that_cannot_be_scored_is_named_and_the_others_are_kept(tmp_pa
     with pytest.raises(ValueError, match=r"outputs.jsonl: output id='q2' strategy='default': pair 0: target of 61"):
         score_outputs(path, out, scorer=FailsOnLongTargets(), progress=False)
     assert [r["id"] for r in records.read_records(out, "scores").records] == ["q1"]  # scored before it: kept
+
+
+@pytest.mark.parametrize("option,value,message", [("--aspects", "plain,consistency,plain", "aspects: listed twice"),
+                                                  ("--directions", "ref_hyp,ref_hyp", "directions: listed twice")])
+def test_a_repeated_aspect_or_direction_is_refused_before_anything_is_written(outputs, tmp_path, option, value,
+                                                                              message):
+    out = tmp_path / "scores.jsonl"
+    result = run(outputs, "--out", out, option, value, "--device", "cpu")
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    assert not out.exists()
