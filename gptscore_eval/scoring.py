@@ -2,8 +2,10 @@
 
 One scores record per output x aspect, keyed (id, strategy, scorer, aspect): a rerun skips keys
 already in the file, and records are written in chunks as they are scored, so an interrupted run
-loses at most one chunk and the rerun finishes the rest. Changing the template or demonstrations
-does not change the key: write to another file (or use another aspect) to compare them.
+loses at most one chunk and the rerun finishes the rest. Settings that change a record but not its
+key (directions, templates, demonstrations, multi_ref, max_length) must stay the same when a file is
+resumed, or the run is refused rather than skipping those records as done: write to another file
+(or use another aspect) to compare them.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ def score_outputs(
     label = _template_label(templates)
     skipped = [r for r in outputs if not r["output"].strip()]
     with ShardedWriter(out_path, "scores", meta=run_metadata(settings)) as writer:
+        if writer.written:
+            _check_resume(out_path, writer.written, settings)
         pending = writer.pending({"id": r["id"], "strategy": r["strategy"], "scorer": scorer_name, "aspect": aspect,
                                   "output": r} for aspect in aspects for r in outputs if r["output"].strip())
         # The chunks one process would score; under torchrun each rank takes every world_size-th one.
@@ -105,6 +109,22 @@ def score_outputs(
     summary["written"] = total
     summary["skipped_empty"] = [f"{r['id']}/{r['strategy']}" for r in skipped]
     return summary
+
+
+# What a scores record depends on beyond its key (id, strategy, scorer, aspect).
+RESUME_SETTINGS = ("directions", "templates", "demos", "multi_ref", "max_length")
+
+
+def _check_resume(out_path, written: list[dict], settings: dict) -> None:
+    """Refuse to add to a file whose records for this scorer were made with other settings: the
+    rerun would skip them as done, and the file would hold two kinds of score under one key."""
+    runs = {m.get("run_id"): m.get("settings", {}) for m in read_records(out_path, "scores", allow_empty=True).meta}
+    for r in written:
+        old = runs.get(r.get("run_id")) if r["scorer"] == settings["scorer"] else None
+        for name in RESUME_SETTINGS if old else ():
+            if name in old and old[name] != settings[name]:
+                raise ValueError(f"{out_path}: holds {settings['scorer']} scores made with {name}={old[name]!r}, "
+                                 f"not {settings[name]!r}; use the same settings to resume, or write to another file")
 
 
 def _write_scores(writer, scored: list[tuple[dict, dict]], scorer_name: str, aspect: str, label: str) -> None:

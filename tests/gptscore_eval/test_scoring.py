@@ -181,3 +181,18 @@ def test_a_repeated_aspect_or_direction_is_refused_before_anything_is_written(ou
     result = run(outputs, "--out", out, option, value, "--device", "cpu")
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_resume_refuses_settings_that_change_records_but_not_keys(outputs, tmp_path, smol):
+    """A rerun with another direction set (or multi_ref, template...) would skip every record as done
+    and leave the new direction unscored: refused, file untouched."""
+    out = tmp_path / "scores.jsonl"
+    score_outputs(outputs, out, scorer=smol, directions=("ref_hyp",), progress=False)
+    before = out.read_bytes()
+    with pytest.raises(ValueError, match=r"directions=\['ref_hyp'\], not \['ref_hyp', 'hyp_ref'\]"):
+        score_outputs(outputs, out, scorer=smol, directions=("ref_hyp", "hyp_ref"), progress=False)
+    with pytest.raises(ValueError, match="multi_ref='mean', not 'max'"):
+        score_outputs(outputs, out, scorer=smol, directions=("ref_hyp",), multi_ref="max", progress=False)
+    assert out.read_bytes() == before
+    again = score_outputs(outputs, out, scorer=smol, directions=("ref_hyp",), progress=False)
+    assert again["written"] == 0 and out.read_bytes() == before
