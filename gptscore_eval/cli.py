@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import click
 
@@ -150,7 +151,9 @@ def generate(model_name, data, out, strategies, max_new_tokens, num_layers, chun
 
 @main.command()
 @click.argument("outputs", type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="scores.jsonl to append to.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Scores file to append to; default: beside OUTPUTS, its name with 'outputs' made 'scores' "
+                   "(outputs.jsonl -> scores.jsonl), or NAME.scores.jsonl.")
 @click.option("--scorer", help="Scorer LM: a Hub id or a local directory; default: SmolLM2-135M-Instruct, offline.")
 @click.option("--aspects", default="plain", show_default=True,
               help=f"Comma-separated, from: {', '.join(ASPECTS)}.")
@@ -171,10 +174,17 @@ def score(outputs, out, scorer, aspects, directions, template, demos, multi_ref,
     from gptscore_eval.scoring import format_summary, score_outputs  # imports torch: only when scoring
 
     summary = score_outputs(
-        outputs, out, scorer=scorer, aspects=_comma_list(aspects), directions=_comma_list(directions),
+        outputs, out or default_scores_path(outputs), scorer=scorer, aspects=_comma_list(aspects), directions=_comma_list(directions),
         template=template, demos=demos, multi_ref=multi_ref, batch_size=batch_size, device=device, dtype=dtype,
         max_length=max_length)
     click.echo(format_summary(summary))
+
+
+def default_scores_path(outputs: str) -> Path:
+    """Where `score` writes without --out: one scores file per outputs file, beside it."""
+    path = Path(outputs)
+    name = path.name.replace("outputs", "scores") if "outputs" in path.name else f"{path.stem}.scores.jsonl"
+    return path.with_name(name)
 
 
 def _comma_list(text: str) -> list[str]:

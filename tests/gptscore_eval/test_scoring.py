@@ -196,3 +196,15 @@ def test_resume_refuses_settings_that_change_records_but_not_keys(outputs, tmp_p
     assert out.read_bytes() == before
     again = score_outputs(outputs, out, scorer=smol, directions=("ref_hyp",), progress=False)
     assert again["written"] == 0 and out.read_bytes() == before
+
+
+def test_without_out_the_scores_go_beside_the_outputs(tmp_path, default_scorer_installed):
+    from gptscore_eval.cli import default_scores_path
+    assert str(default_scores_path("runs/x/outputs.jsonl")).endswith("x/scores.jsonl")
+    assert str(default_scores_path("a/greedy-outputs.jsonl")).endswith("a/greedy-scores.jsonl")
+    assert str(default_scores_path("a/run.jsonl")).endswith("a/run.scores.jsonl")
+    path = tmp_path / "run.jsonl"
+    records.write_records(path, "outputs", [output_record(*QA[0], "default", ANSWERS["default"][0])])
+    result = run(path, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert len(records.read_records(tmp_path / "run.scores.jsonl", "scores").records) == 1
