@@ -170,17 +170,19 @@ class _LaunchCount:
 
 
 @pytest.mark.parametrize("strategy", TRITON)
-@pytest.mark.parametrize("shape", [(2, 50, 8, 16, 2, 16, 16), (1, 37, 4, 24, 1, 32, 16), (3, 70, 2, 16, 1, 16, 32)],
-                         ids=["b2l50h8g2", "b1l37p24n32", "b3l70Q32"])
+@pytest.mark.parametrize("shape", [(2, 50, 8, 16, 2, 16, 16, None), (1, 37, 4, 24, 1, 32, 16, 96),
+                                   (3, 70, 2, 16, 1, 16, 32, None)],
+                         ids=["b2l50h8g2", "b1l37p24n32-maxnreg96", "b3l70Q32"])
 def test_tma_scan(kit, strategy, shape, monkeypatch):
     """The descriptor-fed chunk scan a GPU may pick by timing: several key and state blocks, a
-    last chunk cut short (rows past the sequence end come back as zeros), p below the tile."""
+    last chunk cut short (rows past the sequence end come back as zeros), p below the tile, and
+    (on GPUs) a register cap."""
     from bamba.kernels import ssd_chunk_scan
     counter = _LaunchCount(ssd_chunk_scan._chunk_scan_tma_kernel)
     monkeypatch.setattr(ssd_chunk_scan, "_chunk_scan_tma_kernel", counter)
-    monkeypatch.setattr(ssd_chunk_scan, "SCAN_CFG",
-                        {**ssd_chunk_scan.SCAN_CFG, "BK": 16, "BKN": 16, "TMA": True, "LS": 2})
-    b, l, h, p, g, n, Q = shape
+    b, l, h, p, g, n, Q, cap = shape
+    monkeypatch.setattr(ssd_chunk_scan, "SCAN_CFG", {**ssd_chunk_scan.SCAN_CFG, "BK": 16, "BKN": 16, "TMA": True,
+                                                     "LS": 2, "maxnreg": cap})
     inp = kit.make(b, l, h, p, g, n, with_d=True, with_bias=True, with_init=True)
     y, s = bamba.ssd(**inp, chunk_size=Q, strategy=strategy)
     assert counter.launches == 1
