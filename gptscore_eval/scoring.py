@@ -116,15 +116,25 @@ RESUME_SETTINGS = ("directions", "templates", "demos", "multi_ref", "max_length"
 
 
 def _check_resume(out_path, written: list[dict], settings: dict) -> None:
-    """Refuse to add to a file whose records for this scorer were made with other settings: the
-    rerun would skip them as done, and the file would hold two kinds of score under one key."""
-    runs = {m.get("run_id"): m.get("settings", {}) for m in read_records(out_path, "scores", allow_empty=True).meta}
+    """Refuse to add to a file whose records this run would skip as done (same scorer and aspect)
+    when they were made with other settings: the file would hold two kinds of score under one key."""
+    runs = _settings_by_run(read_records(out_path, "scores", allow_empty=True).meta)
     for r in written:
-        old = runs.get(r.get("run_id")) if r["scorer"] == settings["scorer"] else None
+        skipped = r["scorer"] == settings["scorer"] and r["aspect"] in settings["aspects"]
+        old = runs.get(r.get("run_id")) if skipped else None
         for name in RESUME_SETTINGS if old else ():
             if name in old and old[name] != settings[name]:
                 raise ValueError(f"{out_path}: holds {settings['scorer']} scores made with {name}={old[name]!r}, "
                                  f"not {settings[name]!r}; use the same settings to resume, or write to another file")
+
+
+def _settings_by_run(metas: list[dict]) -> dict:
+    """run_id -> settings, through the runs a merged file names (its ranks keep their run ids)."""
+    runs = {}
+    for m in metas:
+        runs[m.get("run_id")] = m.get("settings", {})
+        runs.update(_settings_by_run(m.get("merged_from", [])))
+    return runs
 
 
 def _write_scores(writer, scored: list[tuple[dict, dict]], scorer_name: str, aspect: str, label: str) -> None:

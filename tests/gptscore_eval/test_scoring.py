@@ -208,3 +208,18 @@ def test_without_out_the_scores_go_beside_the_outputs(tmp_path, default_scorer_i
     result = run(path, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert len(records.read_records(tmp_path / "run.scores.jsonl", "scores").records) == 1
+
+
+def test_resume_check_reads_merged_ranks_and_only_the_records_it_would_skip(outputs, tmp_path, smol):
+    """A file merged from torchrun shards names each rank's settings inside the merge's meta line;
+    records of an aspect this run does not score are not skipped, so their settings do not bind."""
+    out = tmp_path / "scores.jsonl"
+    score_outputs(outputs, out, scorer=smol, directions=("ref_hyp",), progress=False)
+    lines = out.read_text().splitlines()
+    merged = {"_meta": {"run_id": "merge0", "settings": {}, "merged_from": [json.loads(lines[0])["_meta"]]}}
+    out.write_text("\n".join([json.dumps(merged), *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=r"directions=\['ref_hyp'\], not \['ref_hyp', 'hyp_ref'\]"):
+        score_outputs(outputs, out, scorer=smol, directions=("ref_hyp", "hyp_ref"), progress=False)
+    other = score_outputs(outputs, out, scorer=smol, aspects=("consistency",), directions=("ref_hyp", "hyp_ref"),
+                          progress=False)
+    assert other["written"] == 5
