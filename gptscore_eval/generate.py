@@ -74,9 +74,12 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
 
     from bamba import generate
     from bamba.generation import uses_chat_template
+    from bamba.kernels.utils import check_chunk_size
 
     strategies = check_strategies(strategies)
     check_device(device)
+    if chunk_size is not None:
+        check_chunk_size(chunk_size)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit: expected an integer >= 1, got {limit!r}")
     prompts = records.read_records(data, "prompts").records[:limit]
@@ -99,6 +102,10 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
         mine = writer.share(batches)
         total = sum(len(batch) for _, batch in mine)
         summary = {"out": str(out), "written": 0, "skipped": writer.skipped}
+        if writer.written:  # the settings given explicitly, checked even when nothing is left to do
+            given = {"chunk_size": chunk_size, "dtype": _dtype_name(dtype), "num_layers": num_layers,
+                     "chat_template": chat_template, "backend": backend}
+            _check_resume(out, writer.written, {k: v for k, v in given.items() if v is not None})
         if not total:  # nothing to do here: do not even load the model
             return summary
         if device is None and writer.world_size > 1:
@@ -147,6 +154,17 @@ def _check_resume(out, written: list[dict], expected: dict) -> None:
             if old != value:
                 raise ValueError(f"{out}: holds outputs made with {name}={old!r}, not {value!r}; "
                                  "use the same settings to resume, or write to another file")
+
+
+def _dtype_name(dtype: str | None) -> str | None:
+    """A --dtype as records name it (bf16 -> bfloat16); None stays None (the checkpoint's)."""
+    from bamba.modeling_bamba import DTYPES
+
+    if dtype is None:
+        return None
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    return str(DTYPES[dtype]).removeprefix("torch.")
 
 
 def _check_lengths(data, prompts, tokenizer, model, max_new_tokens, chat) -> None:

@@ -174,3 +174,21 @@ def test_prompt_longer_than_the_model_limit(tmp_path, data):
     result = run(*BASE, "--model", ckpt, "--data", data, "--out", tmp_path / "o.jsonl")
     assert result.exit_code == 1, result.output
     assert "prompt 'boil' has 62 tokens" in result.output and "limit of 40 tokens" in result.output
+
+
+def test_a_finished_file_still_checks_the_settings_given(tmp_path, data):
+    """With nothing left to generate the model is not loaded, but explicit settings that differ
+    from the file's (or are invalid) are still refused rather than reported as 'skipped'."""
+    out = tmp_path / "outputs.jsonl"
+    generate_outputs("tiny-random", data, out, strategies=["reference"], max_new_tokens=3, progress=False)
+    before = out.read_bytes()
+    made = json.loads(before.decode().splitlines()[1])["generation"]
+    other_dtype = "bfloat16" if made["dtype"] != "bfloat16" else "float32"
+    for extra, message in ((["--chunk-size", "32"], "chunk_size=64, not 32"),
+                           (["--chunk-size", "10"], "chunk_size: expected a power of two"),
+                           (["--num-layers", "99"], f"num_layers={made['num_layers']}, not 99"),
+                           (["--dtype", other_dtype], f"dtype={made['dtype']!r}, not {other_dtype!r}")):
+        result = run(*BASE, "--data", data, "--out", out, "--max-new-tokens", "3", *extra)
+        assert result.exit_code == 1 and message in result.output, (extra, result.output)
+    assert run(*BASE, "--data", data, "--out", out, "--max-new-tokens", "3").exit_code == 0
+    assert out.read_bytes() == before
