@@ -677,8 +677,9 @@ def _resolve(path_or_id) -> Path:
 
         local = snapshot_download(str(path_or_id), allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
     except Exception as err:  # offline, unknown repo, gated...: all mean "cannot get it"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""  # one line for the CLI
         raise FileNotFoundError(f"{path_or_id}: not a local directory, and the Hub download failed: "
-                                f"{type(err).__name__}: {err}") from None
+                                f"{type(err).__name__}: {first}") from None
     return Path(local)
 
 

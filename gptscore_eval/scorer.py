@@ -399,6 +399,10 @@ def _load(name: str, dtype: torch.dtype, device_map: str | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = default_scorer_dir() if name == DEFAULT_SCORER else name
+    if name != DEFAULT_SCORER and name.startswith((".", "/", "~")):  # a path, not a Hub id
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise ValueError(f"cannot load scorer {name!r}: no such directory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)

@@ -274,6 +274,19 @@ def test_set_strategy(ckpts):
 # Bad inputs
 
 
+def test_a_failed_hub_download_is_one_line(monkeypatch):
+    """What the Hub client raises can span lines; the CLI prints errors as one line."""
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Cannot reach the Hub.\nAn error happened while trying to locate the files.")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FileNotFoundError) as err:
+        BambaForCausalLM.from_pretrained("someone/model")
+    assert str(err.value) == ("someone/model: not a local directory, and the Hub download failed: "
+                              "ConnectionError: Cannot reach the Hub.")
+
+
 def test_missing_and_corrupt_files(ckpts, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
         BambaForCausalLM.from_pretrained(tmp_path / "nowhere")
