@@ -235,13 +235,20 @@ SCORES = Kind(
 KINDS = {kind.name: kind for kind in (PROMPTS, OUTPUTS, SCORES)}
 
 
+# Fields only one kind has (prompt sets have none that outputs lack).
+_OWN_FIELDS = {kind: {f.name for f in kind.fields} - {f.name for other in KINDS.values() if other is not kind
+                                                     for f in other.fields}
+               for kind in (SCORES, OUTPUTS)}
+
+
 def detect_kind(record: dict) -> Kind:
-    """Which kind a record is, from its fields (used by ``gptscore validate``)."""
-    if "scorer" in record:
-        return SCORES
-    if "output" in record or "strategy" in record:
-        return OUTPUTS
-    return PROMPTS
+    """Which kind a record is (used by ``gptscore validate``): the kind with most of its own fields
+    present, so a record missing one of them (``scorer``, ``output``) is still told apart and its
+    error names the field it lacks; then outputs if it has a strategy; else a prompt."""
+    kind, own = max(_OWN_FIELDS.items(), key=lambda item: len(item[1] & record.keys()))
+    if own & record.keys():
+        return kind
+    return OUTPUTS if "strategy" in record else PROMPTS
 
 
 def _json_type(value: Any) -> str:

@@ -288,3 +288,18 @@ def test_a_writer_that_fails_to_open_releases_its_lock(tmp_path):
         RecordWriter(path, "outputs")
     path.write_text("")
     RecordWriter(path, "outputs").close()
+
+
+@pytest.mark.parametrize("make,drop,expected", [
+    (score, ("scorer",), "field 'scorer': missing"),
+    (output, ("strategy", "output"), "field 'strategy': missing"),
+    (output, ("output",), "field 'output': missing"),
+])
+def test_a_file_of_unknown_kind_is_told_by_the_fields_only_its_kind_has(tmp_path, make, drop, expected):
+    """validate guesses the kind from the first record; one missing a field still reads as its kind,
+    so the error names that field (not another kind's) and the file is not taken for a prompt set."""
+    first = {k: v for k, v in make(0).items() if k not in drop}
+    path = tmp_path / "file.jsonl"
+    write_lines(path, [json.dumps(first), json.dumps(make(1))])
+    msg = message(path)
+    assert msg.startswith(f"{path}:1: ") and expected in msg
