@@ -382,6 +382,16 @@ def run_metadata(settings: dict | None = None, **extra: Any) -> dict:
     }
 
 
+def settings_by_run(metas: list[dict]) -> dict:
+    """run_id -> the settings that run recorded, through the runs a merged file names (records
+    merged from torchrun shards keep their rank's run id)."""
+    runs = {}
+    for m in metas:
+        runs[m.get("run_id")] = m.get("settings", {})
+        runs.update(settings_by_run(m.get("merged_from", [])))
+    return runs
+
+
 class RecordWriter:
     """Append records to a JSONL file so that a crash or a rerun never loses or duplicates one.
 

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from gptscore_eval import plots
 from gptscore_eval.perf import METRICS, measured, performance
-from gptscore_eval.records import OUTPUTS, SCORES, RecordFile, read_records
+from gptscore_eval.records import OUTPUTS, SCORES, RecordFile, read_records, settings_by_run
 from gptscore_eval.stats import NO_CI, ScoreSet, analyse, select_scores
 
 # The p-value that the report's sentences state, and why: sign-flip randomization is valid at
@@ -79,6 +79,20 @@ def score_analysis(inputs: Inputs, options: Options) -> tuple[ScoreSet, dict]:
     return scores, analyse(scores, baseline=options.baseline, **options.bootstrap)
 
 
+def references(inputs: Inputs, scorer: str, aspect: str) -> dict | None:
+    """How many scored prompts have several references and how their scores combined them
+    (``--multi-ref``, from the settings of the runs that wrote the records); None without an
+    outputs file, which holds the references."""
+    if inputs.outputs is None:
+        return None
+    several = {r["id"] for r in inputs.outputs.records if isinstance(r["reference"], list) and len(r["reference"]) > 1}
+    chosen = [r for r in inputs.scores.records if r["scorer"] == scorer and r["aspect"] == aspect]
+    runs = settings_by_run(inputs.scores.meta)
+    rules = {runs.get(r.get("run_id"), {}).get("multi_ref") for r in chosen if r["id"] in several}
+    return {"several": len(several & {r["id"] for r in chosen}), "prompts": len({r["id"] for r in chosen}),
+            "multi_ref": sorted(rule for rule in rules if rule) or None}
+
+
 def draw(kind: str, paths: Sequence[str | Path], out: str | Path, options: Options = Options()) -> Path:
     """Draw one figure kind (``plots.KINDS``) from record files to ``out`` (suffix picks the format)."""
     inputs = load(paths)
@@ -106,7 +120,7 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, options: Opti
     figures = {}  # kind -> Figure, for every kind the data can show
     if inputs.scores:
         scores, analysis = score_analysis(inputs, options)
-        summary["scores"] = analysis
+        summary["scores"] = {**analysis, "references": references(inputs, analysis["scorer"], analysis["aspect"])}
         summary["sentences"] = [_sentence(c, options.alpha) for c in analysis["comparisons"] if c["num_chunks"] is None]
         shown = {"by-chunks": bool(scores.buckets()), "differences": len(scores.strategies) > 1}
         figures.update({kind: draw_kind(scores, analysis) for kind, draw_kind in plots.SCORE_KINDS.items()
@@ -195,6 +209,12 @@ def _score_section(a: dict, path: str, options: Options, notes: list[str]) -> li
            f"{TEST_NAMES[HEADLINE_TEST]} p-value." if len(a["strategies"]) > 1 else ""),
         "",
     ]
+    refs = a.get("references")
+    if refs and refs["several"]:
+        rule = " and ".join(f"`{r}`" for r in refs["multi_ref"]) if refs["multi_ref"] else "a rule not recorded"
+        lines += [f"{refs['several']} of the {refs['prompts']} prompts have several references; their "
+                  f"scores combine the references by {rule} (`--multi-ref`: each field over the "
+                  "references on its own).", ""]
     if a["dropped_unpaired"]:
         dropped = ", ".join(f"{n} of {s}" for s, n in a["dropped_unpaired"].items())
         lines += [f"Unpaired ids left out (--allow-unpaired): {dropped}; the analysis uses the "

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from gptscore_eval.gptscore import F_SCORES, gptscore
 from gptscore_eval.distributed import ShardedWriter, check_device, default_device, work_units
-from gptscore_eval.records import DIRECTIONS, read_records, run_metadata
+from gptscore_eval.records import DIRECTIONS, read_records, run_metadata, settings_by_run
 from gptscore_eval.templates import TEMPLATES, get_aspect, load_demos, templates_for
 
 
@@ -118,7 +118,7 @@ RESUME_SETTINGS = ("directions", "templates", "demos", "multi_ref", "max_length"
 def _check_resume(out_path, written: list[dict], settings: dict) -> None:
     """Refuse to add to a file whose records this run would skip as done (same scorer and aspect)
     when they were made with other settings: the file would hold two kinds of score under one key."""
-    runs = _settings_by_run(read_records(out_path, "scores", allow_empty=True).meta)
+    runs = settings_by_run(read_records(out_path, "scores", allow_empty=True).meta)
     for r in written:
         skipped = r["scorer"] == settings["scorer"] and r["aspect"] in settings["aspects"]
         old = runs.get(r.get("run_id")) if skipped else None
@@ -126,15 +126,6 @@ def _check_resume(out_path, written: list[dict], settings: dict) -> None:
             if name in old and old[name] != settings[name]:
                 raise ValueError(f"{out_path}: holds {settings['scorer']} scores made with {name}={old[name]!r}, "
                                  f"not {settings[name]!r}; use the same settings to resume, or write to another file")
-
-
-def _settings_by_run(metas: list[dict]) -> dict:
-    """run_id -> settings, through the runs a merged file names (its ranks keep their run ids)."""
-    runs = {}
-    for m in metas:
-        runs[m.get("run_id")] = m.get("settings", {})
-        runs.update(_settings_by_run(m.get("merged_from", [])))
-    return runs
 
 
 def _write_scores(writer, scored: list[tuple[dict, dict]], scorer_name: str, aspect: str, label: str) -> None:

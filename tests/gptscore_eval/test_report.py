@@ -210,3 +210,27 @@ def test_a_strategy_keeps_its_colour_whatever_the_order():
     from gptscore_eval.plots import _style
 
     assert _style(["optimized", "default"]) == _style(["default", "optimized"])
+
+
+def test_report_states_how_several_references_were_combined(tmp_path):
+    """DESIGN §5: with several references, mean or max, stated. The rule comes from the settings of
+    the run that wrote the scores; the count from the outputs file, which holds the references."""
+    outputs, scores = build_fixture(tmp_path)
+    several = {"q1-0", "q2-3"}
+    outputs = [{**r, "reference": ["A.", "B."]} if r["id"] in several else r for r in outputs]
+    records.write_records(tmp_path / "outputs.jsonl", "outputs", outputs)
+    lines = [{"_meta": {"run_id": "r1", "settings": {"multi_ref": "max"}}}, *({**r, "run_id": "r1"} for r in scores)]
+    (tmp_path / "scores.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    summary = write_report([tmp_path / "scores.jsonl", tmp_path / "outputs.jsonl"], tmp_path / "out",
+                           Options(n_resamples=199))
+    n = len(BUCKETS) * PER_BUCKET
+    assert summary["scores"]["references"] == {"several": 2, "prompts": n, "multi_ref": ["max"]}
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"2 of the {n} prompts have several references; their scores combine the references by `max`" in md
+    single = write_report([tmp_path / "scores.jsonl"], tmp_path / "out2", Options(n_resamples=199))
+    assert single["scores"]["references"] is None  # no outputs file: the references are not known
+
+
+def test_report_says_nothing_of_references_when_each_prompt_has_one(reported):
+    assert reported["summary"]["scores"]["references"]["several"] == 0
+    assert "several references" not in reported["md"]
