@@ -264,7 +264,8 @@ def _has_tma(device: torch.device) -> bool:
 
 
 def _rows_aligned(t: torch.Tensor, strides) -> bool:
-    return t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in strides)
+    # a zero stride (a batch broadcast by expand) is no row step a descriptor can take
+    return t.data_ptr() % 16 == 0 and all(s > 0 and s * t.element_size() % 16 == 0 for s in strides)
 
 
 def tma_views_ok(pr: Prepared, prev, prev_mode) -> bool:

@@ -193,7 +193,7 @@ def test_tma_scan(kit, strategy, shape, monkeypatch):
 
 def test_tma_scan_falls_back_where_descriptors_cannot_read(kit, monkeypatch):
     """Views TMA cannot address (a base off 16 bytes, heads not packed in a row, n not a power of
-    two) run the pointer kernel instead, with the same results."""
+    two, a batch broadcast with stride 0) run the pointer kernel instead, with the same results."""
     from bamba.kernels import ssd_chunk_scan
     from bamba.kernels.ssd_common import prepare
     counter = _LaunchCount(ssd_chunk_scan._chunk_scan_tma_kernel)
@@ -206,7 +206,8 @@ def test_tma_scan_falls_back_where_descriptors_cannot_read(kit, monkeypatch):
     shifted = dict(inp, x=wide[..., 1:].copy_(inp["x"]))  # same values, base 4 bytes off
     unpacked = dict(inp, x=inp["x"].transpose(1, 2).contiguous().transpose(1, 2))  # (b, h, l, p) storage
     odd_n = kit.make(2, 40, 4, 16, 1, 20, with_d=True)
-    for case in (shifted, unpacked, odd_n):
+    broadcast = dict(inp, x=inp["x"][:1].expand(2, -1, -1, -1))  # batch stride 0
+    for case in (shifted, unpacked, odd_n, broadcast):
         pr = prepare(case["x"], case["dt"], case["A"], case["B"], case["C"], 16, case["D"], None, None)
         assert not ssd_chunk_scan.tma_views_ok(pr, None, ssd_chunk_scan.PREV_NONE)
         y, s = bamba.ssd(**case, chunk_size=16, strategy="optimized")
