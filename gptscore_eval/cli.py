@@ -146,7 +146,8 @@ def generate(model_name, data, out, strategies, max_new_tokens, num_layers, chun
         chunk_size=chunk_size, use_cache=not no_cache, limit=limit, batch_size=batch_size, device=device,
         dtype=None if dtype == "auto" else dtype, seed=seed, do_sample=sample, temperature=temperature,
         top_k=top_k, top_p=top_p, chat_template=chat_template, backend=backend)
-    click.echo(f"{out}: wrote {summary['written']} records, skipped {summary['skipped']} already there")
+    if _first_rank():
+        click.echo(f"{out}: wrote {summary['written']} records, skipped {summary['skipped']} already there")
 
 
 @main.command()
@@ -177,7 +178,15 @@ def score(outputs, out, scorer, aspects, directions, template, demos, multi_ref,
         outputs, out or default_scores_path(outputs), scorer=scorer, aspects=_comma_list(aspects), directions=_comma_list(directions),
         template=template, demos=demos, multi_ref=multi_ref, batch_size=batch_size, device=device, dtype=dtype,
         max_length=max_length)
-    click.echo(format_summary(summary))
+    if _first_rank():
+        click.echo(format_summary(summary))
+
+
+def _first_rank() -> bool:
+    """Under torchrun every rank returns the same summary (counts of the whole run): one prints it."""
+    from gptscore_eval.distributed import world
+
+    return world()[0] == 0
 
 
 def default_scores_path(outputs: str) -> Path:

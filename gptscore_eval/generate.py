@@ -101,7 +101,8 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
                    for s, unit in work_units(pending, "strategy", strategies, batch_size)]
         mine = writer.share(batches)
         total = sum(len(batch) for _, batch in mine)
-        summary = {"out": str(out), "written": 0, "skipped": writer.skipped}
+        # what the run adds to the file, all ranks together (each rank writes its share or fails)
+        summary = {"out": str(out), "written": len(pending), "skipped": writer.skipped}
         if writer.written:  # the settings given explicitly, checked even when nothing is left to do
             given = {"chunk_size": chunk_size, "dtype": _dtype_name(dtype), "num_layers": num_layers,
                      "chat_template": chat_template, "backend": backend}
@@ -141,7 +142,6 @@ def generate_outputs(model: str, data: str | os.PathLike, out: str | os.PathLike
                         "num_chunks": math.ceil(g.prompt_tokens / lm.chunk_size), "generation": generation,
                         "finish_reason": g.finish_reason, "timings": g.timings(),
                         "peak_memory_bytes": g.peak_memory_bytes, "device": device_name})
-                    summary["written"] += 1
                     bar.update(1)
     return summary
 

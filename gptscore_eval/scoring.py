@@ -106,7 +106,7 @@ def score_outputs(
                 bar.update(len(chunk))
     written = read_records(out_path, "scores", allow_empty=True).records if Path(out_path).exists() else []
     summary = summarize(written, scorer=scorer_name, aspects=aspects)
-    summary["written"] = total
+    summary["written"] = len(pending)  # all ranks together, like the table from the merged file
     summary["skipped_empty"] = [f"{r['id']}/{r['strategy']}" for r in skipped]
     return summary
 

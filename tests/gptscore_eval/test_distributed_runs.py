@@ -52,12 +52,14 @@ def run_on_two_ranks(job, *args):
     mp.start_processes(_worker, args=(free_port(), job, args), nprocs=2, join=True, start_method="spawn")
 
 
-def _generate(out):
-    generate_outputs("tiny-random", DATA, out, **GENERATE)
+def _generate(out, written=None):
+    summary = generate_outputs("tiny-random", DATA, out, **GENERATE)
+    assert written is None or summary["written"] == written  # the whole run's count, on every rank
 
 
-def _score(outputs, out, scorer_dir):
-    score_outputs(outputs, out, scorer=str(scorer_dir), **SCORE)
+def _score(outputs, out, scorer_dir, written=None):
+    summary = score_outputs(outputs, out, scorer=str(scorer_dir), **SCORE)
+    assert written is None or summary["written"] == written
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +88,14 @@ def test_generate_and_score_on_two_ranks_equal_one_process(tmp_path, scorer_dir)
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     single.mkdir(), sharded.mkdir()
     _generate(single / "outputs.jsonl")
-    run_on_two_ranks(_generate, sharded / "outputs.jsonl")
+    run_on_two_ranks(_generate, sharded / "outputs.jsonl", len(data_of(single / "outputs.jsonl")))
     assert data_of(sharded / "outputs.jsonl") == data_of(single / "outputs.jsonl")
     meta = records.read_records(sharded / "outputs.jsonl").meta
     assert {m["rank"] for m in meta[0]["merged_from"]} == {0, 1}
 
     _score(single / "outputs.jsonl", single / "scores.jsonl", scorer_dir)
-    run_on_two_ranks(_score, single / "outputs.jsonl", sharded / "scores.jsonl", scorer_dir)
+    run_on_two_ranks(_score, single / "outputs.jsonl", sharded / "scores.jsonl", scorer_dir,
+                     len(data_of(single / "scores.jsonl")))
     # Whole batches move between ranks, so each record is computed exactly as by one process.
     assert data_of(sharded / "scores.jsonl") == data_of(single / "scores.jsonl")
     assert not list(tmp_path.glob("*/*.rank*"))
