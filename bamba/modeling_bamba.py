@@ -650,13 +650,17 @@ class BambaForCausalLM(nn.Module):
         return model.eval().set_strategy(strategy, chunk_size, backend=backend)
 
 
-def _dtype(dtype, config: BambaConfig) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = dtype or (config.dtype if config.dtype in DTYPES else "float32")
+def parse_dtype(name: str) -> torch.dtype:
+    """A dtype named as options and configs name it (bfloat16, bf16, ...)."""
     if name not in DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {name!r}")
     return DTYPES[name]
+
+
+def _dtype(dtype, config: BambaConfig) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return parse_dtype(dtype or (config.dtype if config.dtype in DTYPES else "float32"))
 
 
 def _device(device) -> torch.device:

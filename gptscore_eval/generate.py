@@ -158,13 +158,9 @@ def _check_resume(out, written: list[dict], expected: dict) -> None:
 
 def _dtype_name(dtype: str | None) -> str | None:
     """A --dtype as records name it (bf16 -> bfloat16); None stays None (the checkpoint's)."""
-    from bamba.modeling_bamba import DTYPES
+    from bamba.modeling_bamba import parse_dtype
 
-    if dtype is None:
-        return None
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    return str(DTYPES[dtype]).removeprefix("torch.")
+    return None if dtype is None else str(parse_dtype(dtype)).removeprefix("torch.")
 
 
 def _check_lengths(data, prompts, tokenizer, model, max_new_tokens, chat) -> None:
