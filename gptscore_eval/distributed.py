@@ -130,6 +130,7 @@ class ShardedWriter:
         self.meta.setdefault("world_size", self.world_size)
         self._order: list[tuple] = []
         self.written: list[dict] = []  # the records already in the file
+        self.written_meta: list[dict] = []  # and its run metadata lines
         self.skipped = 0  # records asked for in ``pending`` that were already there
         self._writer: records.RecordWriter | None = None
 
@@ -138,13 +139,14 @@ class ShardedWriter:
             merge_shards(self.path, self.kind)  # leftovers of a run that failed
         if self.world_size == 1:  # the plain writer repairs and reads the file itself
             self._writer = records.RecordWriter(self.path, self.kind, self.meta)
-            self.written = self._writer.existing
+            self.written, self.written_meta = self._writer.existing, self._writer.existing_meta
         else:
             if self.rank == 0 and self.path.exists():
                 records.repair_partial_last_line(self.path)
             barrier()
             if self.path.exists():
-                self.written = records.read_records(self.path, self.kind, allow_empty=True).records
+                found = records.read_records(self.path, self.kind, allow_empty=True)
+                self.written, self.written_meta = found.records, found.meta
             self._writer = records.RecordWriter(shard_path(self.path, self.rank), self.kind, self.meta)
         self._done = {self.kind.key_of(r) for r in self.written}
         return self

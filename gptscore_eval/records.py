@@ -409,12 +409,14 @@ class RecordWriter:
         self.repaired_bytes = 0
         self._file = None
         self.existing: list[dict] = []  # the records already in the file when it was opened
+        self.existing_meta: list[dict] = []  # and the metadata lines of the runs that wrote them
         self.path.parent.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after the work
         self._lock = _lock(self.path)
         try:
             if self.path.exists():
                 self.repaired_bytes = repair_partial_last_line(self.path)
-                self.existing = read_records(self.path, self.kind, allow_empty=True).records
+                found = read_records(self.path, self.kind, allow_empty=True)
+                self.existing, self.existing_meta = found.records, found.meta
         except BaseException:
             _unlock(self._lock)
             raise

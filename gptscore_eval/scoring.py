@@ -68,7 +68,7 @@ def score_outputs(
     skipped = [r for r in outputs if not r["output"].strip()]
     with ShardedWriter(out_path, "scores", meta=run_metadata(settings)) as writer:
         if writer.written:
-            _check_resume(out_path, writer.written, settings)
+            _check_resume(out_path, writer.written, writer.written_meta, settings)
         pending = writer.pending({"id": r["id"], "strategy": r["strategy"], "scorer": scorer_name, "aspect": aspect,
                                   "output": r} for aspect in aspects for r in outputs if r["output"].strip())
         # The chunks one process would score; under torchrun each rank takes every world_size-th one.
@@ -115,10 +115,11 @@ def score_outputs(
 RESUME_SETTINGS = ("directions", "templates", "demos", "multi_ref", "max_length")
 
 
-def _check_resume(out_path, written: list[dict], settings: dict) -> None:
+def _check_resume(out_path, written: list[dict], meta: list[dict], settings: dict) -> None:
     """Refuse to add to a file whose records this run would skip as done (same scorer and aspect)
-    when they were made with other settings: the file would hold two kinds of score under one key."""
-    runs = settings_by_run(read_records(out_path, "scores", allow_empty=True).meta)
+    when they were made with other settings: the file would hold two kinds of score under one key.
+    ``meta``: the file's metadata lines, which hold the settings of the runs that wrote it."""
+    runs = settings_by_run(meta)
     for r in written:
         skipped = r["scorer"] == settings["scorer"] and r["aspect"] in settings["aspects"]
         old = runs.get(r.get("run_id")) if skipped else None
