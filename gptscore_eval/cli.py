@@ -175,9 +175,9 @@ def score(outputs, out, scorer, aspects, directions, template, demos, multi_ref,
     from gptscore_eval.scoring import format_summary, score_outputs  # imports torch: only when scoring
 
     summary = score_outputs(
-        outputs, out or default_scores_path(outputs), scorer=scorer, aspects=_comma_list(aspects), directions=_comma_list(directions),
-        template=template, demos=demos, multi_ref=multi_ref, batch_size=batch_size, device=device, dtype=dtype,
-        max_length=max_length)
+        outputs, out or default_scores_path(outputs), scorer=scorer, aspects=_comma_list(aspects),
+        directions=_comma_list(directions), template=template, demos=demos, multi_ref=multi_ref,
+        batch_size=batch_size, device=device, dtype=dtype, max_length=max_length)
     if _first_rank():
         click.echo(format_summary(summary))
 

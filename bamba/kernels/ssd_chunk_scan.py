@@ -311,7 +311,7 @@ def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cf
 
     def launch(c):
         BM, BK, BN = min(c["BM"], pr.chunk), min(c["BK"], pr.chunk), tile(pr.p, c["BN"])
-        HB = 1 if c.get("TMA") else heads_per_program(c.get("HB", 1), pr.h // pr.g)
+        HB = heads_per_program(c.get("HB", 1), pr.h // pr.g)  # 1 for every TMA tile
         BKN = tile(pr.n, c.get("BKN", 128))
         grid = ((pr.chunk // BM) * cdiv(pr.p, BN), pr.b * pr.nchunks, pr.h // HB)
         opts = launch_opts(c["num_warps"], c["num_stages"], c.get("maxnreg"))
