@@ -158,6 +158,25 @@ def test_multi_head_scan(kit, strategy, hb, bkn, shape, monkeypatch):
     kit.close(s, se)
 
 
+@pytest.mark.parametrize("strategy", TRITON)
+@pytest.mark.parametrize("tile", [dict(HB=1), dict(HB=2), dict(TMA=True, LS=2)], ids=["plain", "HB2", "tma"])
+@pytest.mark.parametrize("dt_kw", [dict(), dict(dt_softplus=False)], ids=["softplus", "signed_dt"])
+def test_scan_row_blocks(kit, strategy, tile, dt_kw, monkeypatch):
+    """Several row blocks per chunk, as the tuned tiles on GPUs have at Q = 256 (the other tests'
+    chunks fit in one row block): key blocks wholly below the diagonal and on it, decays of either
+    sign of dt, a last chunk cut short, b > 1, g > 1, D, bias and an initial state."""
+    from bamba.kernels import ssd_chunk_scan
+    monkeypatch.setattr(ssd_chunk_scan, "SCAN_CFG", {**ssd_chunk_scan.SCAN_CFG, "BM": 16, "BK": 16, "BKN": 16,
+                                                     **tile})
+    inp = kit.make(2, 150, 4, 16, 2, 16, with_init=True)
+    if dt_kw:
+        assert (inp["dt"] + inp["dt_bias"] < 0).any()  # dt·A changes sign within chunks
+    y, s = bamba.ssd(**inp, chunk_size=64, strategy=strategy, **dt_kw)
+    ye, se = expected(kit, strategy, inp, 64, **dt_kw)
+    kit.close(y, ye)
+    kit.close(s, se)
+
+
 class _LaunchCount:
     """Stands in for a jitted kernel and counts its launches."""
 
