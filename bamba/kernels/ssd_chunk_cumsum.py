@@ -10,15 +10,25 @@ from .utils import LOG2E, kernel_dt_limit, softplus_clamp
 
 
 @triton.jit
-def load_dt(dt_ptr, bias_ptr, h, pos, L, s_l, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-            dt_min, dt_max):
-    """Processed dt (fp32) of one head at positions pos; 0 outside [0, L) so padding is inert."""
-    valid = pos < L
-    d = tl.load(dt_ptr + pos * s_l, mask=valid, other=0.0).to(tl.float32)
+def raw_dt(dt_ptr, pos, L, s_l):
+    """dt as given (fp32) of one head at positions pos; 0 outside [0, L)."""
+    return tl.load(dt_ptr + pos * s_l, mask=pos < L, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def process_dt_raw(d, bias_ptr, h, valid, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, dt_min, dt_max):
+    """raw_dt's values processed (bias, softplus, clamp); 0 where not valid so padding is inert."""
     if HAS_BIAS:
         d += tl.load(bias_ptr + h).to(tl.float32)
     d = softplus_clamp(d, SOFTPLUS, dt_min, dt_max)
     return tl.where(valid, d, 0.0)
+
+
+@triton.jit
+def load_dt(dt_ptr, bias_ptr, h, pos, L, s_l, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+            dt_min, dt_max):
+    """Processed dt (fp32) of one head at positions pos; 0 outside [0, L) so padding is inert."""
+    return process_dt_raw(raw_dt(dt_ptr, pos, L, s_l), bias_ptr, h, pos < L, HAS_BIAS, SOFTPLUS, dt_min, dt_max)
 
 
 @triton.jit

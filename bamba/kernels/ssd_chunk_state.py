@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .ssd_bmm import cb_tile, cb_tiles
-from .ssd_chunk_cumsum import load_dt
+from .ssd_chunk_cumsum import load_dt, process_dt_raw, raw_dt
 from .ssd_common import Prepared, launch_opts, pick, tile, use_tuned, work_bucket
 from .utils import cdiv, decay, kernel_dt_limit, LOG2E_C, mm
 
@@ -38,12 +38,19 @@ def head_rate(A_ptr, h, EXP2: tl.constexpr):
 
 
 @triton.jit
-def fused_chunk_dt(raw_base, bias_ptr, h, a, c, L, sr_l, dt_ptr, cs_ptr, cs_base, store, dt_min, dt_max,
+def chunk_raw_dt(raw_base, c, L, sr_l, CHUNK: tl.constexpr):
+    """The raw dt of one head over all of chunk c (fused_chunk_dt's input)."""
+    return raw_dt(raw_base, c * CHUNK + tl.arange(0, CHUNK), L, sr_l)
+
+
+@triton.jit
+def fused_chunk_dt(raw, bias_ptr, h, a, c, L, dt_ptr, cs_ptr, cs_base, store, dt_min, dt_max,
                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CHUNK: tl.constexpr):
-    """FUSE_DT: dt and its cumsum over all of chunk c, from the raw dt. One program per (chunk,
-    head) `store`s both for the scan kernel. Returns (dt, cs, cs at the chunk's end)."""
+    """FUSE_DT: dt and its cumsum over all of chunk c, from its raw dt (chunk_raw_dt). One
+    program per (chunk, head) `store`s both for the scan kernel. Returns (dt, cs, cs at the
+    chunk's end)."""
     t = tl.arange(0, CHUNK)
-    d = load_dt(raw_base, bias_ptr, h, c * CHUNK + t, L, sr_l, HAS_BIAS, SOFTPLUS, dt_min, dt_max)
+    d = process_dt_raw(raw, bias_ptr, h, c * CHUNK + t < L, HAS_BIAS, SOFTPLUS, dt_min, dt_max)
     cs = tl.cumsum(d * a, axis=0)
     if store:
         tl.store(dt_ptr + cs_base + t, d)
@@ -93,8 +100,9 @@ def _chunk_state_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, st_ptr,
         a = head_rate(A_ptr, h, EXP2)
         raw_base = dtraw_ptr + pid_b * sr_b + h * sr_h
         if FUSE_DT:
-            _, _, cs_last = fused_chunk_dt(raw_base, bias_ptr, h, a, c, L, sr_l, dt_ptr, cs_ptr, cs_base,
-                                           pid0 == 0, dt_min, dt_max, HAS_BIAS, SOFTPLUS, CHUNK)
+            _, _, cs_last = fused_chunk_dt(chunk_raw_dt(raw_base, c, L, sr_l, CHUNK), bias_ptr, h, a, c, L,
+                                           dt_ptr, cs_ptr, cs_base, pid0 == 0, dt_min, dt_max, HAS_BIAS, SOFTPLUS,
+                                           CHUNK)
         else:
             cs_last = tl.load(cs_ptr + cs_base + CHUNK - 1)
         prefix = cs_last * 0.0

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .ssd_bmm import cb_tile, cb_tiles, chunk_cb
-from .ssd_chunk_state import block_dt, chunk_state, fused_chunk_dt, head_rate, state_block
+from .ssd_chunk_state import block_dt, chunk_raw_dt, chunk_state, fused_chunk_dt, head_rate, state_block
 from .ssd_common import Prepared, launch_opts, pick, tile, use_tuned, work_bucket
 from .ssd_state_passing import state_passing
 from .utils import cdiv, decay, kernel_dt_limit
@@ -55,13 +55,19 @@ def _chunk_state_passing_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, prev_ptr, init_ptr
         b_base = b_ptr + pid_b * sb_b + gi * sb_g
         raw_base = dtraw_ptr + pid_b * sr_b + h * sr_h
         row = (pid_b * H + h) * NC * CHUNK
+        # FUSE_DT: chunk c+1's raw dt is loaded during chunk c. These loads are strided (one value
+        # per row of h heads) and, issued at their use, left the walk waiting on them every chunk.
+        if FUSE_DT:
+            raw_next = chunk_raw_dt(raw_base, C0, L, sr_l, CHUNK)
         for c in range(C0, NC):
             if STORE_PREV:
                 tl.store(prev_ptr + ((pid_b * NC + c) * H + h) * P * N + s_off,
                          state.to(prev_ptr.dtype.element_ty), mask=smask)
             cs_base = row + c * CHUNK
             if FUSE_DT:  # one program per head hands dt and cs to the scan kernel
-                d_all, cs_all, cs_last = fused_chunk_dt(raw_base, bias_ptr, h, a, c, L, sr_l, dt_ptr, cs_ptr,
+                raw = raw_next
+                raw_next = chunk_raw_dt(raw_base, c + 1, L, sr_l, CHUNK)  # none past the end: masked
+                d_all, cs_all, cs_last = fused_chunk_dt(raw, bias_ptr, h, a, c, L, dt_ptr, cs_ptr,
                                                         cs_base, r == 0, dt_min, dt_max, HAS_BIAS, SOFTPLUS, CHUNK)
             else:
                 cs_last = tl.load(cs_ptr + cs_base + CHUNK - 1)
@@ -99,9 +105,9 @@ def _chunk_state_passing_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, prev_ptr, init_ptr
             q = pid - H * npn - NCB
             h = q // C0
             c = q % C0
-            fused_chunk_dt(dtraw_ptr + pid_b * sr_b + h * sr_h, bias_ptr, h, head_rate(A_ptr, h, EXP2), c, L, sr_l,
-                           dt_ptr, cs_ptr, ((pid_b * H + h) * NC + c) * CHUNK, True, dt_min, dt_max,
-                           HAS_BIAS, SOFTPLUS, CHUNK)
+            fused_chunk_dt(chunk_raw_dt(dtraw_ptr + pid_b * sr_b + h * sr_h, c, L, sr_l, CHUNK), bias_ptr, h,
+                           head_rate(A_ptr, h, EXP2), c, L, dt_ptr, cs_ptr, ((pid_b * H + h) * NC + c) * CHUNK,
+                           True, dt_min, dt_max, HAS_BIAS, SOFTPLUS, CHUNK)
 
 
 # Fixed tiles for short chunks / explicit cfg; tuned otherwise. Small p/n blocks: the grid has
