@@ -177,6 +177,29 @@ def test_scan_row_blocks(kit, strategy, tile, dt_kw, monkeypatch):
     kit.close(s, se)
 
 
+@pytest.mark.parametrize("strategy", TRITON)
+@pytest.mark.parametrize("tile", [dict(HB=1), dict(TMA=True, LS=2)], ids=["plain", "tma"])
+def test_scan_reads_no_stale_cb(kit, strategy, tile, monkeypatch):
+    """The chunk scan has no causal mask: it relies on C·Bᵀ being zero above the diagonal,
+    also in tiles wholly above it, which a row block taller than the C·Bᵀ tiles reads. The
+    scratch starts as NaN here, so any entry the producer leaves unwritten shows."""
+    from bamba.kernels import ssd_chunk_scan, ssd_common
+
+    def nan_cb(pr):
+        return torch.full((pr.b, pr.nchunks, pr.g, pr.chunk, pr.chunk), float("nan"), device=pr.x.device)
+
+    monkeypatch.setattr(ssd_common, "cb_scratch", nan_cb)
+    monkeypatch.setattr(ssd_chunk_scan, "cb_scratch", nan_cb)
+    monkeypatch.setattr(ssd_common, "TUNE_MIN_CHUNK", 512)  # the tile below, not a tuned one
+    monkeypatch.setattr(ssd_chunk_scan, "SCAN_CFG", {**ssd_chunk_scan.SCAN_CFG, "BM": 128, "BK": 32, "BKN": 16,
+                                                     **tile})
+    inp = kit.make(1, 300, 2, 16, 1, 16, with_init=True)  # two chunks of 256, the last cut short
+    y, s = bamba.ssd(**inp, chunk_size=256, strategy=strategy)
+    ye, se = expected(kit, strategy, inp, 256)
+    kit.close(y, ye)
+    kit.close(s, se)
+
+
 class _LaunchCount:
     """Stands in for a jitted kernel and counts its launches."""
 
