@@ -170,55 +170,85 @@ def _chunk_scan_kernel(x_ptr, c_ptr, cb_ptr, dt_ptr, cs_ptr, prev_ptr, d_ptr, y_
 
 
 @triton.jit
+def _tma_prev_head(acc, cv, p_desc, prow, n0):
+    """acc += C_i · H_{c−1}ᵀ over one state-dim block for one head (cv shared by the group's heads)."""
+    return acc + mm(cv, tl.trans(p_desc.load([prow, n0])).to(cv.dtype))
+
+
+@triton.jit
+def _tma_finish_head(acc, xm_desc, d_ptr, y_ptr, pid_b, row, h, p0, P, pm, ps, L, sy_b, sy_l, sy_h, sy_p,
+                     BM: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr):
+    if HAS_D:
+        xm = xm_desc.load([pid_b, row, h * P + p0]).reshape(BM, BN)
+        acc += xm.to(tl.float32) * tl.load(d_ptr + h).to(tl.float32)
+    tl.store(y_ptr + pid_b * sy_b + h * sy_h + pm[:, None] * sy_l + ps[None, :] * sy_p,
+             acc.to(y_ptr.dtype.element_ty), mask=(pm < L)[:, None] & (ps < P)[None, :])
+
+
+@triton.jit
 def _chunk_scan_tma_kernel(x_desc, xm_desc, c_desc, cb_desc, p_desc, dt_ptr, cs_ptr, d_ptr, y_ptr,
                            L, H, P, N, HPG, NC, G, sy_b, sy_l, sy_h, sy_p,
                            CHUNK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                            BKN: tl.constexpr, PREV: tl.constexpr, HAS_D: tl.constexpr,
-                           EXP2: tl.constexpr, LS: tl.constexpr):
-    # The plain kernel (HB = 1) with its tiles fetched by the tensor-memory accelerator: x, C, the
-    # C·Bᵀ tiles and the entering states through descriptors (2-D/3-D views, zero-filled past
-    # the sequence's end), so the key loop keeps LS blocks in flight without the registers and
-    # address arithmetic of pointer loads. Same math and rounding as the plain kernel.
+                           EXP2: tl.constexpr, LS: tl.constexpr, HB: tl.constexpr):
+    # The plain kernel with its tiles fetched by the tensor-memory accelerator: x, C, the C·Bᵀ
+    # tiles and the entering states through descriptors (2-D/3-D views, zero-filled past the
+    # sequence's end), so the key loop keeps LS blocks in flight without the registers and
+    # address arithmetic of pointer loads. HB (1 or 2) heads of a group per program share the
+    # C·Bᵀ and C tiles and the loop's pipeline bookkeeping. Same math and rounding as the plain
+    # kernel.
     pid0 = tl.program_id(0)
     pid_bc = tl.program_id(1)
-    h = tl.program_id(2)
+    h0 = tl.program_id(2) * HB
     pid_b = pid_bc // NC
     c = pid_bc % NC
-    gi = h // HPG
+    gi = h0 // HPG
     n_p = tl.cdiv(P, BN)
     pid_m = pid0 // n_p
     p0 = (pid0 % n_p) * BN
     ms = pid_m * BM + tl.arange(0, BM)
     ps = p0 + tl.arange(0, BN)
     pm = c * CHUNK + ms
-    cs_base = ((pid_b * H + h) * NC + c) * CHUNK
-    cs_m = tl.load(cs_ptr + cs_base + ms)
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    cs_base = ((pid_b * H + h0) * NC + c) * CHUNK
+    hs = NC * CHUNK  # dt/cs offset between consecutive heads
+    cs_m0 = tl.load(cs_ptr + cs_base + ms)
+    cs_m1 = cs_m0
+    if HB > 1:
+        cs_m1 = tl.load(cs_ptr + cs_base + hs + ms)
+    acc0 = tl.zeros((BM, BN), dtype=tl.float32)
+    acc1 = tl.zeros((BM, BN), dtype=tl.float32)
     if PREV != 0:  # inter-chunk part: exp(cs_i) · C_i · H_{c−1}ᵀ
         if PREV == 1:  # entering states viewed (b·nc·h·p, n)
-            prow = ((pid_b * NC + c) * H + h) * P + p0
+            prow = ((pid_b * NC + c) * H + h0) * P + p0
             live = True
         else:  # the initial state (b·h·p, n), first chunk only
-            prow = (pid_b * H + h) * P + p0
+            prow = (pid_b * H + h0) * P + p0
             live = c == 0
         if live:
             for n0 in range(0, N, BKN):
                 cv = c_desc.load([pid_b, c * CHUNK + pid_m * BM, gi * N + n0]).reshape(BM, BKN)
-                hv = p_desc.load([prow, n0])
-                acc = acc + mm(cv, tl.trans(hv).to(cv.dtype))
-            acc = _decay_rows(acc, cs_m, EXP2)
+                acc0 = _tma_prev_head(acc0, cv, p_desc, prow, n0)
+                if HB > 1:
+                    acc1 = _tma_prev_head(acc1, cv, p_desc, prow + P, n0)
+            acc0 = _decay_rows(acc0, cs_m0, EXP2)
+            if HB > 1:
+                acc1 = _decay_rows(acc1, cs_m1, EXP2)
     kmax = tl.minimum((pid_m + 1) * BM, tl.minimum(CHUNK, L - c * CHUNK))
     cb_row = ((pid_b * NC + c) * G + gi) * CHUNK + pid_m * BM  # C·Bᵀ viewed (b·nc·g·Q, Q)
     for k0 in tl.range(0, kmax, BK, num_stages=LS):
         ks = k0 + tl.arange(0, BK)
         cb = cb_desc.load([cb_row, k0])
-        xv = x_desc.load([pid_b, c * CHUNK + k0, h * P + p0]).reshape(BK, BN)
-        acc = _intra_block(acc, cb, cs_m, cs_ptr + cs_base, dt_ptr + cs_base, xv, ks, EXP2)
-    if HAS_D:
-        xm = xm_desc.load([pid_b, c * CHUNK + pid_m * BM, h * P + p0]).reshape(BM, BN)
-        acc += xm.to(tl.float32) * tl.load(d_ptr + h).to(tl.float32)
-    tl.store(y_ptr + pid_b * sy_b + h * sy_h + pm[:, None] * sy_l + ps[None, :] * sy_p,
-             acc.to(y_ptr.dtype.element_ty), mask=(pm < L)[:, None] & (ps < P)[None, :])
+        xv = x_desc.load([pid_b, c * CHUNK + k0, h0 * P + p0]).reshape(BK, BN)
+        acc0 = _intra_block(acc0, cb, cs_m0, cs_ptr + cs_base, dt_ptr + cs_base, xv, ks, EXP2)
+        if HB > 1:
+            xv = x_desc.load([pid_b, c * CHUNK + k0, (h0 + 1) * P + p0]).reshape(BK, BN)
+            acc1 = _intra_block(acc1, cb, cs_m1, cs_ptr + cs_base + hs, dt_ptr + cs_base + hs, xv, ks, EXP2)
+    row = c * CHUNK + pid_m * BM
+    _tma_finish_head(acc0, xm_desc, d_ptr, y_ptr, pid_b, row, h0, p0, P, pm, ps, L, sy_b, sy_l, sy_h, sy_p,
+                     BM, BN, HAS_D)
+    if HB > 1:
+        _tma_finish_head(acc1, xm_desc, d_ptr, y_ptr, pid_b, row, h0 + 1, p0, P, pm, ps, L, sy_b, sy_l, sy_h,
+                         sy_p, BM, BN, HAS_D)
 
 
 # Fixed tiles (capped by the problem's dims) for short chunks / explicit cfg; tuned otherwise.
@@ -245,10 +275,12 @@ SCAN_CANDIDATES = [dict(BM=bm, BN=64, BK=bk, num_warps=w, num_stages=s, HB=hb, B
 # columns: building the descriptors costs host time that short, host-bound calls gain nothing for.
 # On the H200 the 128-wide state block with three key blocks in flight measured 138 / 548 µs at
 # 4k / 16k tokens against 153 / 590 for the best pointer tile; capped at 96 registers (five
-# programs per SM instead of four, no spills) 130 / 521.
-TMA_CANDIDATES = [dict(BM=64, BN=64, BK=32, num_warps=4, num_stages=1, HB=1, BKN=bkn, TMA=True, LS=ls,
+# programs per SM instead of four, no spills) 130 / 521. Two heads per program (HB=2) tie at
+# batch 1 and cut 8 × 16k from 5.0 to 3.8 ms, where C·Bᵀ no longer fits in L2.
+TMA_CANDIDATES = [dict(BM=64, BN=64, BK=32, num_warps=4, num_stages=1, HB=hb, BKN=bkn, TMA=True, LS=ls,
                        maxnreg=cap)
-                  for bkn, ls, cap in ((128, 3, None), (128, 3, 96), (128, 4, None), (64, 3, None))]
+                  for hb, bkn, ls, cap in ((1, 128, 3, None), (1, 128, 3, 96), (1, 128, 4, None), (1, 64, 3, None),
+                                           (2, 128, 3, None), (2, 64, 3, None))]
 TMA_MIN_WORK = 2048
 
 
@@ -310,11 +342,12 @@ def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cf
 
     def launch(c):
         BM, BK, BN = min(c["BM"], pr.chunk), min(c["BK"], pr.chunk), tile(pr.p, c["BN"])
-        HB = heads_per_program(c.get("HB", 1), pr.h // pr.g)  # 1 for every TMA tile
+        tma_tile = c.get("TMA", False) and tma
+        HB = heads_per_program(min(c.get("HB", 1), 2) if tma_tile else c.get("HB", 1), pr.h // pr.g)
         BKN = tile(pr.n, c.get("BKN", 128))
         grid = ((pr.chunk // BM) * cdiv(pr.p, BN), pr.b * pr.nchunks, pr.h // HB)
         opts = launch_opts(c["num_warps"], c["num_stages"], c.get("maxnreg"))
-        if c.get("TMA") and tma:
+        if tma_tile:
             x_rows = ([pr.b, pr.l, pr.h * pr.p], [pr.x.stride(0), pr.x.stride(1), 1])
             _chunk_scan_tma_kernel[grid](
                 TensorDescriptor(pr.x, *x_rows, [1, BK, BN]), TensorDescriptor(pr.x, *x_rows, [1, BM, BN]),
@@ -322,7 +355,7 @@ def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cf
                                  [1, BM, BKN]),
                 _rows(cb, [BM, BK]), _rows(tma_states, [BN, BKN]), dt_proc, cs, d, y,
                 pr.l, pr.h, pr.p, pr.n, pr.h // pr.g, pr.nchunks, pr.g, *y.stride(),
-                BM=BM, BN=BN, BK=BK, BKN=BKN, LS=c["LS"], **common, **opts)
+                BM=BM, BN=BN, BK=BK, BKN=BKN, LS=c["LS"], HB=HB, **common, **opts)
         else:
             _chunk_scan_kernel[grid](*args, BM=BM, BN=BN, BK=BK, BKN=BKN, HB=HB, **common, **opts)
 

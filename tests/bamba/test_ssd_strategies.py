@@ -159,7 +159,8 @@ def test_multi_head_scan(kit, strategy, hb, bkn, shape, monkeypatch):
 
 
 @pytest.mark.parametrize("strategy", TRITON)
-@pytest.mark.parametrize("tile", [dict(HB=1), dict(HB=2), dict(TMA=True, LS=2)], ids=["plain", "HB2", "tma"])
+@pytest.mark.parametrize("tile", [dict(HB=1), dict(HB=2), dict(TMA=True, LS=2), dict(TMA=True, LS=2, HB=2)],
+                         ids=["plain", "HB2", "tma", "tma-HB2"])
 @pytest.mark.parametrize("dt_kw", [dict(), dict(dt_softplus=False)], ids=["softplus", "signed_dt"])
 def test_scan_row_blocks(kit, strategy, tile, dt_kw, monkeypatch):
     """Several row blocks per chunk, as the tuned tiles on GPUs have at Q = 256 (the other tests'
@@ -178,7 +179,8 @@ def test_scan_row_blocks(kit, strategy, tile, dt_kw, monkeypatch):
 
 
 @pytest.mark.parametrize("strategy", TRITON)
-@pytest.mark.parametrize("tile", [dict(HB=1), dict(TMA=True, LS=2)], ids=["plain", "tma"])
+@pytest.mark.parametrize("tile", [dict(HB=1), dict(TMA=True, LS=2), dict(TMA=True, LS=2, HB=2)],
+                         ids=["plain", "tma", "tma-HB2"])
 def test_scan_reads_no_stale_cb(kit, strategy, tile, monkeypatch):
     """The chunk scan has no causal mask: it relies on C·Bᵀ being zero above the diagonal,
     also in tiles wholly above it, which a row block taller than the C·Bᵀ tiles reads. The
@@ -215,16 +217,17 @@ class _LaunchCount:
 @pytest.mark.parametrize("shape", [(2, 50, 8, 16, 2, 16, 16, None), (1, 37, 4, 24, 1, 32, 16, 96),
                                    (3, 70, 2, 16, 1, 16, 32, None)],
                          ids=["b2l50h8g2", "b1l37p24n32-maxnreg96", "b3l70Q32"])
-def test_tma_scan(kit, strategy, shape, monkeypatch):
+@pytest.mark.parametrize("hb", [1, 2])
+def test_tma_scan(kit, strategy, shape, hb, monkeypatch):
     """The descriptor-fed chunk scan a GPU may pick by timing: several key and state blocks, a
-    last chunk cut short (rows past the sequence end come back as zeros), p below the tile, and
-    (on GPUs) a register cap."""
+    last chunk cut short (rows past the sequence end come back as zeros), p below the tile,
+    (on GPUs) a register cap, and two heads of a group per program."""
     from bamba.kernels import ssd_chunk_scan
     counter = _LaunchCount(ssd_chunk_scan._chunk_scan_tma_kernel)
     monkeypatch.setattr(ssd_chunk_scan, "_chunk_scan_tma_kernel", counter)
     b, l, h, p, g, n, Q, cap = shape
     monkeypatch.setattr(ssd_chunk_scan, "SCAN_CFG", {**ssd_chunk_scan.SCAN_CFG, "BK": 16, "BKN": 16, "TMA": True,
-                                                     "LS": 2, "maxnreg": cap})
+                                                     "LS": 2, "maxnreg": cap, "HB": hb})
     inp = kit.make(b, l, h, p, g, n, with_d=True, with_bias=True, with_init=True)
     y, s = bamba.ssd(**inp, chunk_size=Q, strategy=strategy)
     assert counter.launches == 1
