@@ -70,6 +70,23 @@ def _finish_head(acc, x_base, y_base, d_ptr, h, pm, m_ok, ps, p_ok, sx_l, sx_p, 
 
 
 @triton.jit
+def _program_block(H, P, HPG, NC, CHUNK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, HB: tl.constexpr):
+    """The (BM × BN) block of y this program computes, for HB heads from h0: batch, chunk, h0, its
+    group, row block, first column, the block's rows in the chunk and its columns, and the
+    offset of (h0, chunk) in the dt/cs buffers."""
+    pid0 = tl.program_id(0)
+    pid_bc = tl.program_id(1)
+    h0 = tl.program_id(2) * HB
+    pid_b = pid_bc // NC
+    c = pid_bc % NC
+    n_p = tl.cdiv(P, BN)
+    pid_m = pid0 // n_p
+    p0 = (pid0 % n_p) * BN
+    cs_base = ((pid_b * H + h0) * NC + c) * CHUNK
+    return pid_b, c, h0, h0 // HPG, pid_m, p0, pid_m * BM + tl.arange(0, BM), p0 + tl.arange(0, BN), cs_base
+
+
+@triton.jit
 def _chunk_scan_kernel(x_ptr, c_ptr, cb_ptr, dt_ptr, cs_ptr, prev_ptr, d_ptr, y_ptr,
                        L, H, P, N, HPG, NC,
                        sx_b, sx_l, sx_h, sx_p, sc_b, sc_l, sc_g, sc_n,
@@ -81,21 +98,10 @@ def _chunk_scan_kernel(x_ptr, c_ptr, cb_ptr, dt_ptr, cs_ptr, prev_ptr, d_ptr, y_
     # One program: a (BM × BN) block of y for HB (1, 2 or 4) heads of one group. The heads share
     # C·Bᵀ and C, so HB > 1 loads those tiles once for all of them (with g = 1 every head
     # re-reads them otherwise: most of this kernel's L2 traffic). HB = 1 is the plain kernel.
-    pid0 = tl.program_id(0)
-    pid_bc = tl.program_id(1)
-    h0 = tl.program_id(2) * HB
-    pid_b = pid_bc // NC
-    c = pid_bc % NC
-    gi = h0 // HPG
-    n_p = tl.cdiv(P, BN)
-    pid_m = pid0 // n_p
-    pid_n = pid0 % n_p
-    ms = pid_m * BM + tl.arange(0, BM)
-    ps = pid_n * BN + tl.arange(0, BN)
+    pid_b, c, h0, gi, pid_m, p0, ms, ps, cs_base = _program_block(H, P, HPG, NC, CHUNK, BM, BN, HB)
     pm = c * CHUNK + ms
     m_ok = pm < L
     p_ok = ps < P
-    cs_base = ((pid_b * H + h0) * NC + c) * CHUNK
     hs = NC * CHUNK  # dt/cs offset between consecutive heads
     cs_m0 = tl.load(cs_ptr + cs_base + ms, mask=ms < CHUNK, other=0.0)
     cs_m1 = cs_m0
@@ -197,19 +203,8 @@ def _chunk_scan_tma_kernel(x_desc, xm_desc, c_desc, cb_desc, p_desc, dt_ptr, cs_
     # address arithmetic of pointer loads. HB (1 or 2) heads of a group per program share the
     # C·Bᵀ and C tiles and the loop's pipeline bookkeeping. Same math and rounding as the plain
     # kernel.
-    pid0 = tl.program_id(0)
-    pid_bc = tl.program_id(1)
-    h0 = tl.program_id(2) * HB
-    pid_b = pid_bc // NC
-    c = pid_bc % NC
-    gi = h0 // HPG
-    n_p = tl.cdiv(P, BN)
-    pid_m = pid0 // n_p
-    p0 = (pid0 % n_p) * BN
-    ms = pid_m * BM + tl.arange(0, BM)
-    ps = p0 + tl.arange(0, BN)
+    pid_b, c, h0, gi, pid_m, p0, ms, ps, cs_base = _program_block(H, P, HPG, NC, CHUNK, BM, BN, HB)
     pm = c * CHUNK + ms
-    cs_base = ((pid_b * H + h0) * NC + c) * CHUNK
     hs = NC * CHUNK  # dt/cs offset between consecutive heads
     cs_m0 = tl.load(cs_ptr + cs_base + ms)
     cs_m1 = cs_m0
