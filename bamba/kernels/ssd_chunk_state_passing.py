@@ -6,8 +6,8 @@ then adds S_c = Σ_j exp(cs_last−cs_j)·dt_j·x_j·B_jᵀ as one (BP × Q)·(Q
 The fp32 chunk states S_c never go to memory: the split pipeline writes them and reads them back
 (2 × 268 MB at 16k tokens, Bamba-9B dims), and state passing is a second sequential launch.
 The chunk loop is the innermost loop, so the compiler prefetches chunk c+1's x and B during c.
-Options as in ssd_chunk_state: FUSE_DT computes dt and the cumsum here, FUSE_CB adds programs
-that compute the C·Bᵀ tiles.
+Options as in ssd_chunk_state: FUSE_DT computes dt and the cumsum here; FUSE_CB also computes the
+C·Bᵀ tiles, a few per walking program after its walk.
 """
 from __future__ import annotations
 
@@ -88,21 +88,20 @@ def _chunk_state_passing_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, prev_ptr, init_ptr
                                   sx_l, sx_p, sb_l, sb_n, EXP2)
             state = decay(cs_last, EXP2) * state + acc
         tl.store(final_ptr + bh + s_off, state, mask=smask)
-    elif pid < H * npn + NCB:
-        if FUSE_CB:  # C·Bᵀ tiles: independent of the state, they fill the SMs around it
-            q = pid - H * npn
+        if FUSE_CB:
+            # C·Bᵀ tiles (independent of the state) spread evenly over the walking programs, a few
+            # each after their walk: the walk leaves most issue slots idle, while programs of
+            # their own found every SM slot taken by walkers and ran after them
             nk = CHUNK // CB_BK
             ncb = (CHUNK // CB_BM) * nk
-            per_g = NC * ncb
-            gi = q // per_g
-            c = (q % per_g) // ncb
-            t = q % ncb
-            cb_tile(c_ptr, b_ptr, cb_ptr, pid_b, c, gi, t // nk, t % nk, L, N,
-                    sc_b, sc_l, sc_g, sc_n, sb_b, sb_l, sb_g, sb_n,
-                    scb_b, scb_c, scb_g, scb_m, scb_k, CHUNK, CB_BM, CB_BK, CB_BN)
+            for q in range(pid, NCB, H * npn):  # q: (group, chunk, tile) of batch element pid_b
+                t = q % ncb
+                cb_tile(c_ptr, b_ptr, cb_ptr, pid_b, (q // ncb) % NC, q // (NC * ncb), t // nk, t % nk, L, N,
+                        sc_b, sc_l, sc_g, sc_n, sb_b, sb_l, sb_g, sb_n,
+                        scb_b, scb_c, scb_g, scb_m, scb_k, CHUNK, CB_BM, CB_BK, CB_BN)
     else:
         if FUSE_DT:  # dt and cs of the chunks before C0, which no state program walks
-            q = pid - H * npn - NCB
+            q = pid - H * npn
             h = q // C0
             c = q % C0
             fused_chunk_dt(chunk_raw_dt(dtraw_ptr + pid_b * sr_b + h * sr_h, c, L, sr_l, CHUNK), bias_ptr, h,
@@ -155,7 +154,7 @@ def chunk_state_passing(pr: Prepared, dt_proc, cs, cb=None, *, dt=None, out_dtyp
     def launch(c):
         BP, BN = tile(pr.p, c["BP"]), tile(pr.n, c["BN"])
         npn = cdiv(pr.p, BP) * cdiv(pr.n, BN)
-        _chunk_state_passing_kernel[(pr.h * npn + ncb + ndt, pr.b)](
+        _chunk_state_passing_kernel[(pr.h * npn + ndt, pr.b)](
             *args, BP=BP, BN=BN, **common, **launch_opts(c["num_warps"], c["num_stages"]))
 
     if use_tuned(pr, cfg):
