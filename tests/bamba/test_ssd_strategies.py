@@ -12,6 +12,7 @@ SHAPES = [  # b, l, h, p, g, n, Q
     (3, 50, 4, 16, 1, 16, 16),     # several chunks, L not a multiple of Q
     (2, 64, 4, 16, 4, 16, 32),     # exact multiple of Q, g == h
     (1, 37, 2, 24, 1, 20, 16),     # p, n not powers of two (masked tiles)
+    (2, 45, 6, 16, 2, 16, 16),     # heads past the last full cumsum head block, 3 per group
 ]
 
 
