@@ -30,7 +30,7 @@ def cb_tile(c_ptr, b_ptr, cb_ptr, pid_b, c, gi, pid_m, pid_k, L, N,
             acc += mm(cv, bv)
         acc = tl.where(ms[:, None] >= ks[None, :], acc, 0.0)
     tl.store(cb_ptr + pid_b * scb_b + c * scb_c + gi * scb_g + ms[:, None] * scb_m + ks[None, :] * scb_k,
-             acc, mask=(ms < CHUNK)[:, None] & (ks < CHUNK)[None, :])
+             acc.to(cb_ptr.dtype.element_ty), mask=(ms < CHUNK)[:, None] & (ks < CHUNK)[None, :])
 
 
 @triton.jit
@@ -53,7 +53,7 @@ def cb_tiles(pr: Prepared):
 
 
 def chunk_cb(pr: Prepared, out=None):
-    """C·Bᵀ per chunk: (b, nchunks, g, Q, Q) fp32, zero above the diagonal."""
+    """C·Bᵀ per chunk: (b, nchunks, g, Q, Q) in cb_scratch's dtype, zero above the diagonal."""
     cb = out if out is not None else cb_scratch(pr)
     BM, BK, BN = cb_tiles(pr)
     grid = ((pr.chunk // BM) * (pr.chunk // BK), pr.b * pr.nchunks, pr.g)

@@ -54,8 +54,14 @@ def prepare(x, dt, A, B, C, chunk_size, D, dt_bias, initial_state) -> Prepared:
 
 
 def cb_scratch(pr: Prepared) -> torch.Tensor:
-    """The C·Bᵀ tiles' buffer: (b, nchunks, g, Q, Q) fp32."""
-    return torch.empty(pr.b, pr.nchunks, pr.g, pr.chunk, pr.chunk, dtype=torch.float32, device=pr.x.device)
+    """The C·Bᵀ tiles' buffer: (b, nchunks, g, Q, Q), bf16 for bf16 models and fp32 otherwise.
+
+    The scan multiplies each entry by a decay and dt and rounds the product to the operand dtype
+    for its matrix product; no exponential amplifies an entry's error (unlike attention scores),
+    so storing it in bf16 adds one rounding of that same size. In exchange the scan reads half the
+    bytes, and at large b·l the tiles no longer outgrow the L2 (134 MB in fp32 at 8 × 16k)."""
+    dtype = torch.bfloat16 if pr.C.dtype == torch.bfloat16 else torch.float32
+    return torch.empty(pr.b, pr.nchunks, pr.g, pr.chunk, pr.chunk, dtype=dtype, device=pr.x.device)
 
 
 def fused_scratch(pr: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -116,6 +116,26 @@ def test_bfloat16(kit, strategy):
     kit.close(s, se, tol=3e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cb_tiles(kit, dtype):
+    """C·Bᵀ per chunk and group against float64, zero above the diagonal, stored in the operand
+    dtype for bf16 models (one rounding: within a bf16 step, as the Triton interpreter truncates
+    where GPUs round to nearest) and in fp32 otherwise."""
+    from bamba.kernels.ssd_bmm import chunk_cb
+    from bamba.kernels.ssd_common import prepare
+    b, l, h, g, n, Q = 2, 45, 4, 2, 24, 16
+    inp = kit.make(b, l, h, 16, g, n)
+    B, C = inp["B"].to(dtype), inp["C"].to(dtype)
+    pr = prepare(inp["x"].to(dtype), inp["dt"], inp["A"], B, C, Q, None, None, None)
+    cb = chunk_cb(pr)
+    assert cb.dtype == dtype and cb.shape == (b, pr.nchunks, g, Q, Q)
+    pad = pr.nchunks * Q - l
+    Bc, Cc = (torch.nn.functional.pad(t.double(), (0, 0, 0, 0, 0, pad)).view(b, pr.nchunks, Q, g, n) for t in (B, C))
+    want = torch.einsum("bcign,bcjgn->bcgij", Cc, Bc).tril()
+    tol = dict(rtol=2.0 ** -7, atol=1e-5) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cb.double(), want, **tol)
+
+
 @pytest.mark.parametrize("strategy", TRITON)
 def test_autotuned_tile_path(kit, strategy, monkeypatch):
     """Long chunks take the tuned launch path (on CPU: the first candidate); same results."""
