@@ -269,14 +269,14 @@ SCAN_CANDIDATES = [dict(BM=bm, BN=64, BK=bk, num_warps=w, num_stages=s, HB=hb, B
 # the accelerator (sm_90+) for calls of at least TMA_MIN_WORK (batch·chunk·head) row-block
 # columns: building the descriptors costs host time that short, host-bound calls gain nothing for.
 # On the H200 the 128-wide state block with three key blocks in flight measured 138 / 548 µs at
-# 4k / 16k tokens against 153 / 590 for the best pointer tile; capped at 96 registers (five
-# programs per SM instead of four, no spills) 130 / 521. Two heads per program (HB=2) tie at
-# batch 1 and cut 8 × 16k from 5.0 to 3.8 ms, where C·Bᵀ no longer fits in L2. With 32-wide state
-# blocks the inter-chunk product keeps LS of them in flight: 1-2 % faster than one 128-wide block.
-TMA_CANDIDATES = [dict(BM=64, BN=64, BK=32, num_warps=4, num_stages=1, HB=hb, BKN=bkn, TMA=True, LS=ls,
-                       maxnreg=cap)
-                  for hb, bkn, ls, cap in ((1, 128, 3, None), (1, 128, 3, 96), (1, 128, 4, None), (1, 64, 3, None),
-                                           (2, 128, 3, None), (2, 32, 3, None))]
+# 4k / 16k tokens against 153 / 590 for the best pointer tile. Two heads per program (HB=2) tie
+# at batch 1 and cut 8 × 16k from 5.0 to 3.8 ms, where C·Bᵀ no longer fits in L2. With 32-wide
+# state blocks the inter-chunk product keeps LS of them in flight: 1-2 % faster than one 128-wide
+# block. No register cap: the first tile capped at 96 registers (the same Triton IR, another
+# ptxas build) gave outputs that changed from run to run at 8 × 16k with bf16 C·Bᵀ (10 of 10
+# runs; 1 of 10 at 4k), where every tile here matches the pointer kernel bit for bit.
+TMA_CANDIDATES = [dict(BM=64, BN=64, BK=32, num_warps=4, num_stages=1, HB=hb, BKN=bkn, TMA=True, LS=ls)
+                  for hb, bkn, ls in ((1, 128, 3), (1, 128, 4), (1, 64, 3), (2, 128, 3), (2, 32, 3))]
 TMA_MIN_WORK = 2048
 
 
@@ -342,7 +342,7 @@ def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cf
         HB = heads_per_program(min(c.get("HB", 1), 2) if tma_tile else c.get("HB", 1), pr.h // pr.g)
         BKN = tile(pr.n, c.get("BKN", 128))
         grid = ((pr.chunk // BM) * cdiv(pr.p, BN), pr.b * pr.nchunks, pr.h // HB)
-        opts = launch_opts(c["num_warps"], c["num_stages"], c.get("maxnreg"))
+        opts = launch_opts(c["num_warps"], c["num_stages"])
         if tma_tile:
             x_rows = ([pr.b, pr.l, pr.h * pr.p], [pr.x.stride(0), pr.x.stride(1), 1])
             _chunk_scan_tma_kernel[grid](

@@ -82,12 +82,11 @@ def tile(dim: int, cap: int) -> int:
     return max(16, min(cap, next_power_of_2(dim)))
 
 
-def launch_opts(num_warps: int, num_stages: int, maxnreg: int | None = None) -> dict:
-    """Compile options for real GPUs (maxnreg: a cap on registers per thread); the interpreter
-    ignores them."""
+def launch_opts(num_warps: int, num_stages: int) -> dict:
+    """Compile options for real GPUs; the interpreter ignores them."""
     if INTERPRET:
         return {}
-    return {"num_warps": num_warps, "num_stages": num_stages, **({"maxnreg": maxnreg} if maxnreg else {})}
+    return {"num_warps": num_warps, "num_stages": num_stages}
 
 
 # Chunks at least this long get tuned tiles on GPUs; shorter ones (the tests' tiny shapes)
