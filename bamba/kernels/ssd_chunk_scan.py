@@ -359,7 +359,7 @@ def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cf
     if tuned:
         key = ("chunk_scan", pr.p, pr.n, pr.chunk, work_bucket(pr.b * pr.nchunks * pr.h), pr.x.dtype,
                prev_mode, exp2, None if prev is None else prev.dtype, cb.dtype, tma)
-        launch(pick(key, SCAN_CANDIDATES + TMA_CANDIDATES if tma else SCAN_CANDIDATES, launch))
+        launch(pick(key, SCAN_CANDIDATES + TMA_CANDIDATES if tma else SCAN_CANDIDATES, launch, output=lambda: y))
     else:
         launch(fixed)
     return y

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,13 @@ def _write_tuning(key: str, choice) -> None:
         pass
 
 
-def pick(key, candidates, run):
+def _bits_sum(t: torch.Tensor) -> int:
+    """An exact checksum of a tensor's bits (any change to one element changes it)."""
+    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return int(t.contiguous().view(ints).sum(dtype=torch.int64))
+
+
+def pick(key, candidates, run, output=None):
     """The fastest of ``candidates`` for ``key``: timed once per machine, then a dict lookup.
 
     Replaces triton.autotune: its dispatcher rebuilds a key from ~45 arguments on every call,
@@ -143,6 +150,10 @@ def pick(key, candidates, run):
     real outputs). The first candidate is used, untimed, under the interpreter and during
     CUDA-graph capture (timing needs syncs). The file's key names the candidate list too, so a
     changed list (a new tile added) is timed afresh rather than left to an older choice.
+    ``output()``: the tensor ``run`` writes, for candidates that compute the same products in the
+    same order (the scan's tiles): each must reproduce the first candidate's output bit for bit,
+    after its first run and after its timed runs. One that does not (a racy build was seen: right
+    at 4k tokens, wrong at 8 × 16k) is not chosen.
     """
     i = _PICKS.get(key)
     if i is not None:
@@ -155,11 +166,19 @@ def pick(key, candidates, run):
         _PICKS[key] = candidates.index(stored)
         return stored
     from triton.testing import do_bench
-    times = []
+    times, want = [], None
     for cand in candidates:
         try:
             run(cand)  # compile (and any nested pick) outside the timing
-            times.append(do_bench(lambda: run(cand), warmup=2, rep=10, return_mode="median"))
+            got = [] if output is None else [_bits_sum(output())]
+            t = do_bench(lambda: run(cand), warmup=2, rep=10, return_mode="median")
+            if got:
+                got.append(_bits_sum(output()))
+                want = got[0] if want is None else want
+                if got != [want, want]:
+                    warnings.warn(f"{key!r}: tile {cand} does not reproduce the first tile's output; not used")
+                    t = float("inf")
+            times.append(t)
         except Exception:  # noqa: BLE001  (e.g. a tile that does not fit in shared memory)
             times.append(float("inf"))
     i = min(range(len(candidates)), key=times.__getitem__)

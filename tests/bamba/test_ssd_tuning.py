@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+import torch
 import triton.testing
 
 from bamba.kernels import ssd_common
@@ -43,6 +45,38 @@ def test_choice_is_timed_once_then_read_back_by_a_fresh_process(tmp_path, monkey
     n_timed = len(timed)
     assert ssd_common.pick(key, [*candidates, faster], timed.append) == faster
     assert len(timed) > n_timed
+
+
+def test_a_candidate_that_does_not_reproduce_the_first_output_is_not_chosen(tmp_path, monkeypatch):
+    """Tiles of one exact computation must give the first tile's output bit for bit: a racy build
+    (its output changes between runs) and a wrong one are passed over even when fastest."""
+    monkeypatch.setenv("BAMBA_CACHE", str(tmp_path))
+    monkeypatch.setattr(ssd_common, "INTERPRET", False)
+    monkeypatch.setattr(ssd_common, "_PICKS", {})
+    monkeypatch.setattr(ssd_common.torch.cuda, "is_current_stream_capturing", lambda: False)
+    out = torch.zeros(64, dtype=torch.bfloat16)
+    timed = []
+
+    def run(cand):
+        timed.append(cand)
+        out.fill_(2.0)
+        if cand == "racy":  # right on its first run only
+            out[-1] = 2.0 if timed.count("racy") == 1 else 3.0
+        elif cand == "wrong":  # the same wrong value every run
+            out[0] = 1.0
+
+    speed = {"first": 4.0, "racy": 1.0, "wrong": 1.5, "other": 2.0}
+
+    def fake_bench(fn, **kwargs):
+        for _ in range(3):
+            fn()
+        return speed[timed[-1]]
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    with pytest.warns(UserWarning, match="does not reproduce the first tile's output") as caught:
+        chosen = ssd_common.pick(("k",), ["first", "racy", "wrong", "other"], run, output=lambda: out)
+    assert chosen == "other"
+    assert sorted(str(w.message).split("tile ")[1].split(" ")[0] for w in caught) == ["racy", "wrong"]
 
 
 def test_interpreter_uses_the_first_candidate_untimed(monkeypatch, tmp_path):
