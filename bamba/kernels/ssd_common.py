@@ -170,12 +170,11 @@ def pick(key, candidates, run, output=None):
     for cand in candidates:
         try:
             run(cand)  # compile (and any nested pick) outside the timing
-            got = [] if output is None else [_bits_sum(output())]
+            first = None if output is None else _bits_sum(output())
             t = do_bench(lambda: run(cand), warmup=2, rep=10, return_mode="median")
-            if got:
-                got.append(_bits_sum(output()))
-                want = got[0] if want is None else want
-                if got != [want, want]:
+            if first is not None:
+                want = first if want is None else want
+                if not first == _bits_sum(output()) == want:
                     warnings.warn(f"{key!r}: tile {cand} does not reproduce the first tile's output; not used")
                     t = float("inf")
             times.append(t)
