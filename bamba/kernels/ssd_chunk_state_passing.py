@@ -2,7 +2,7 @@
 
 One program per (batch, head, p-block, n-block) walks the chunks in order and carries the running
 state H (fp32) in registers: it stores H_{c−1} (the state entering chunk c, what the scan reads),
-then adds S_c = Σ_j exp(cs_last−cs_j)·dt_j·x_j·B_jᵀ as one (BP × Q)·(Q × BN) product and decays.
+then decays it and adds S_c = Σ_j exp(cs_last−cs_j)·dt_j·x_j·B_jᵀ as one (BP × Q)·(Q × BN) product.
 The fp32 chunk states S_c never go to memory: the split pipeline writes them and reads them back
 (2 × 268 MB at 16k tokens, Bamba-9B dims), and state passing is a second sequential launch.
 The chunk loop is the innermost loop, so the compiler prefetches chunk c+1's x and B during c.
@@ -73,7 +73,8 @@ def _chunk_state_passing_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, prev_ptr, init_ptr
                 cs_last = tl.load(cs_ptr + cs_base + CHUNK - 1)
             prefix = cs_last * 0.0
             kmax = tl.minimum(CHUNK, L - c * CHUNK)
-            acc = tl.zeros((BP, BN), dtype=tl.float32)
+            # H_c = exp(cs_last)·H_{c−1} + S_c, the chunk's product accumulating onto the decayed state
+            state = decay(cs_last, EXP2) * state
             for k0 in tl.static_range(0, CHUNK, BK):  # one step for Q <= BK: no inner loop
                 t = k0 + tl.arange(0, BK)
                 pos = c * CHUNK + t
@@ -84,9 +85,8 @@ def _chunk_state_passing_kernel(x_ptr, b_ptr, dt_ptr, cs_ptr, prev_ptr, init_ptr
                 else:
                     d_k, cs_k, prefix = block_dt(dt_ptr, cs_ptr, cs_base, t, valid, raw_base, bias_ptr, h, a, pos,
                                                  L, sr_l, prefix, dt_min, dt_max, FUSE_DT, HAS_BIAS, SOFTPLUS)
-                acc = state_block(acc, x_base, b_base, pos, valid, ps, ns, d_k, cs_k, cs_last, P, N,
-                                  sx_l, sx_p, sb_l, sb_n, EXP2)
-            state = decay(cs_last, EXP2) * state + acc
+                state = state_block(state, x_base, b_base, pos, valid, ps, ns, d_k, cs_k, cs_last, P, N,
+                                    sx_l, sx_p, sb_l, sb_n, EXP2)
         tl.store(final_ptr + bh + s_off, state, mask=smask)
         if FUSE_CB:
             # C·Bᵀ tiles (independent of the state) spread evenly over the walking programs, a few
