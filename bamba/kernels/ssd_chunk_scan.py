@@ -73,14 +73,19 @@ def _finish_head(acc, x_base, y_base, d_ptr, h, pm, m_ok, ps, p_ok, sx_l, sx_p, 
 def _program_block(H, P, HPG, NC, CHUNK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, HB: tl.constexpr):
     """The (BM × BN) block of y this program computes, for HB heads from h0: batch, chunk, h0, its
     group, row block, first column, the block's rows in the chunk and its columns, and the
-    offset of (h0, chunk) in the dt/cs buffers."""
+    offset of (h0, chunk) in the dt/cs buffers.
+
+    Programs start in grid order (axis 0 fastest), so the row blocks of a (chunk, head) start
+    together and share its x tiles in L2, and all heads of a chunk run close in time and share
+    its C·Bᵀ tiles (which outgrow the L2 at 8 × 16k tokens); the last row block, with the most
+    key blocks, starts first."""
     pid0 = tl.program_id(0)
-    pid_bc = tl.program_id(1)
-    h0 = tl.program_id(2) * HB
+    h0 = tl.program_id(1) * HB
+    pid_bc = tl.program_id(2)
     pid_b = pid_bc // NC
     c = pid_bc % NC
     n_p = tl.cdiv(P, BN)
-    pid_m = pid0 // n_p
+    pid_m = CHUNK // BM - 1 - pid0 // n_p
     p0 = (pid0 % n_p) * BN
     cs_base = ((pid_b * H + h0) * NC + c) * CHUNK
     return pid_b, c, h0, h0 // HPG, pid_m, p0, pid_m * BM + tl.arange(0, BM), p0 + tl.arange(0, BN), cs_base
@@ -341,7 +346,7 @@ def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cf
         tma_tile = c.get("TMA", False) and tma
         HB = heads_per_program(min(c.get("HB", 1), 2) if tma_tile else c.get("HB", 1), pr.h // pr.g)
         BKN = tile(pr.n, c.get("BKN", 128))
-        grid = ((pr.chunk // BM) * cdiv(pr.p, BN), pr.b * pr.nchunks, pr.h // HB)
+        grid = ((pr.chunk // BM) * cdiv(pr.p, BN), pr.h // HB, pr.b * pr.nchunks)
         opts = launch_opts(c["num_warps"], c["num_stages"])
         if tma_tile:
             x_rows = ([pr.b, pr.l, pr.h * pr.p], [pr.x.stride(0), pr.x.stride(1), 1])
