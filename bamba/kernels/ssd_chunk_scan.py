@@ -5,7 +5,6 @@ y_i = Σ_{j≤i} (C_i·B_j)·exp(cs_i−cs_j)·dt_j·x_j  +  exp(cs_i)·(H_{c−
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -14,14 +13,9 @@ import triton.language as tl
 
 from .ssd_chunk_cumsum import chunk_cumsum
 from .ssd_chunk_state_passing import entering_states
-from .ssd_common import (Prepared, cb_scratch, hand_off_dtype, launch_opts, pick, prepare, tile, use_tuned,
-                         work_bucket)
+from .ssd_common import (Prepared, TensorDescriptor, cb_scratch, hand_off_dtype, launch_opts, packed_rows,
+                         packed_views_ok, pick, prepare, rows_aligned, tile, use_tma, use_tuned, work_bucket)
 from .utils import cdiv, decay, mm
-
-try:  # host-built tensor descriptors (TMA); without them only the pointer kernel runs
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover - older Triton
-    TensorDescriptor = None
 
 PREV_NONE, PREV_PER_CHUNK, PREV_FIRST_CHUNK = 0, 1, 2
 
@@ -270,10 +264,8 @@ SCAN_CANDIDATES = [dict(BM=bm, BN=64, BK=bk, num_warps=w, num_stages=s, HB=hb, B
                        (64, 64, 4, 1, 1, 128), (64, 32, 4, 1, 1, 128), (64, 32, 4, 1, 1, 64))]
 
 
-# TMA tiles (the plain kernel fed by descriptors), timed with the pointer tiles on GPUs that have
-# the accelerator (sm_90+) for calls of at least TMA_MIN_WORK (batch·chunk·head) row-block
-# columns: building the descriptors costs host time that short, host-bound calls gain nothing for.
-# On the H200 the 128-wide state block with three key blocks in flight measured 138 / 548 µs at
+# TMA tiles (the plain kernel fed by descriptors), timed with the pointer tiles where
+# ssd_common.use_tma says so. On the H200 the 128-wide state block with three key blocks in flight measured 138 / 548 µs at
 # 4k / 16k tokens against 153 / 590 for the best pointer tile. Two heads per program (HB=2) tie
 # at batch 1 and cut 8 × 16k from 5.0 to 3.8 ms, where C·Bᵀ no longer fits in L2. With 32-wide
 # state blocks the inter-chunk product keeps LS of them in flight: 1-2 % faster than one 128-wide
@@ -282,7 +274,6 @@ SCAN_CANDIDATES = [dict(BM=bm, BN=64, BK=bk, num_warps=w, num_stages=s, HB=hb, B
 # runs; 1 of 10 at 4k), where every tile here matches the pointer kernel bit for bit.
 TMA_CANDIDATES = [dict(BM=64, BN=64, BK=32, num_warps=4, num_stages=1, HB=hb, BKN=bkn, TMA=True, LS=ls)
                   for hb, bkn, ls in ((1, 128, 3), (1, 128, 4), (1, 64, 3), (2, 128, 3), (2, 32, 3))]
-TMA_MIN_WORK = 2048
 
 
 def heads_per_program(hb: int, heads_per_group: int) -> int:
@@ -290,28 +281,9 @@ def heads_per_program(hb: int, heads_per_group: int) -> int:
     return math.gcd(hb, heads_per_group)
 
 
-@functools.lru_cache(maxsize=None)
-def _has_tma(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
-
-
-def _rows_aligned(t: torch.Tensor, strides) -> bool:
-    # a zero stride (a batch broadcast by expand) is no row step a descriptor can take
-    return t.data_ptr() % 16 == 0 and all(s > 0 and s * t.element_size() % 16 == 0 for s in strides)
-
-
 def tma_views_ok(pr: Prepared, prev, prev_mode) -> bool:
-    """Whether descriptors can read x as (b, l, h·p), C as (b, l, g·n) and the states as rows of n:
-    unit last strides, the heads (groups) of a position packed in one row, 16-byte aligned bases
-    and row strides, and n a power of two (so a state block never reaches into the next group)."""
-    x, C = pr.x, pr.C
-    if TensorDescriptor is None or pr.n & (pr.n - 1) or x.stride(3) != 1 or C.stride(3) != 1:
-        return False
-    if (pr.h > 1 and x.stride(2) != pr.p) or (pr.g > 1 and C.stride(2) != pr.n):
-        return False
-    if not (_rows_aligned(x, x.stride()[:2]) and _rows_aligned(C, C.stride()[:2])):
-        return False
-    return prev_mode == PREV_NONE or (prev.is_contiguous() and _rows_aligned(prev, (pr.n,)))
+    """Whether descriptors can read x, C (packed_views_ok) and the entering states as rows of n."""
+    return packed_views_ok(pr) and (prev_mode == PREV_NONE or (prev.is_contiguous() and rows_aligned(prev, (pr.n,))))
 
 
 def _rows(t: torch.Tensor, block):
@@ -325,9 +297,7 @@ def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cf
     y = torch.empty(pr.b, pr.l, pr.h, pr.p, dtype=pr.x.dtype, device=pr.x.device)
     tuned = use_tuned(pr, cfg)
     fixed = None if tuned else {**SCAN_CFG, **(cfg or {})}
-    want_tma = fixed.get("TMA", False) if fixed else (pr.b * pr.nchunks * pr.h >= TMA_MIN_WORK
-                                                      and _has_tma(pr.x.device))
-    tma = want_tma and tma_views_ok(pr, prev, prev_mode)
+    tma = use_tma(pr, fixed) and tma_views_ok(pr, prev, prev_mode)
     tma_states = prev if prev_mode != PREV_NONE else cb  # the descriptor is unused without states
     if prev_mode == PREV_PER_CHUNK:
         sp = prev.stride()
@@ -349,11 +319,8 @@ def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cf
         grid = ((pr.chunk // BM) * cdiv(pr.p, BN), pr.h // HB, pr.b * pr.nchunks)
         opts = launch_opts(c["num_warps"], c["num_stages"])
         if tma_tile:
-            x_rows = ([pr.b, pr.l, pr.h * pr.p], [pr.x.stride(0), pr.x.stride(1), 1])
             _chunk_scan_tma_kernel[grid](
-                TensorDescriptor(pr.x, *x_rows, [1, BK, BN]), TensorDescriptor(pr.x, *x_rows, [1, BM, BN]),
-                TensorDescriptor(pr.C, [pr.b, pr.l, pr.g * pr.n], [pr.C.stride(0), pr.C.stride(1), 1],
-                                 [1, BM, BKN]),
+                packed_rows(pr.x, [1, BK, BN]), packed_rows(pr.x, [1, BM, BN]), packed_rows(pr.C, [1, BM, BKN]),
                 _rows(cb, [BM, BK]), _rows(tma_states, [BN, BKN]), dt_proc, cs, d, y,
                 pr.l, pr.h, pr.p, pr.n, pr.h // pr.g, pr.nchunks, pr.g, *y.stride(),
                 BM=BM, BN=BN, BK=BK, BKN=BKN, LS=c["LS"], PS=c["LS"] if BKN < pr.n else 1, HB=HB, **common,

@@ -17,15 +17,32 @@ from .utils import cdiv, decay, kernel_dt_limit, LOG2E_C, mm
 
 
 @triton.jit
+def _weighted_state(acc, xv, bv, d_k, cs_k, cs_last, EXP2: tl.constexpr):
+    """acc + Σ_t exp(cs_last − cs_t)·dt_t·x_t·B_tᵀ, xv (BP × positions), bv (positions × BN)."""
+    w = decay(cs_last - cs_k, EXP2) * d_k
+    return acc + mm((xv.to(tl.float32) * w[None, :]).to(bv.dtype), bv)
+
+
+@triton.jit
 def state_block(acc, x_base, b_base, pos, valid, ps, ns, d_k, cs_k, cs_last, P, N,
                 sx_l, sx_p, sb_l, sb_n, EXP2: tl.constexpr):
-    """acc + Σ_t exp(cs_last − cs_t)·dt_t·x_t·B_tᵀ over one block of positions t (a chunk's state)."""
-    w = decay(cs_last - cs_k, EXP2) * d_k
+    """_weighted_state over one block of positions pos of a chunk, by pointer loads."""
     xv = tl.load(x_base + pos[None, :] * sx_l + ps[:, None] * sx_p,
                  mask=valid[None, :] & (ps < P)[:, None], other=0.0)
     bv = tl.load(b_base + pos[:, None] * sb_l + ns[None, :] * sb_n,
                  mask=valid[:, None] & (ns < N)[None, :], other=0.0)
-    return acc + mm((xv.to(tl.float32) * w[None, :]).to(bv.dtype), bv)
+    return _weighted_state(acc, xv, bv, d_k, cs_k, cs_last, EXP2)
+
+
+@triton.jit
+def state_block_tma(acc, x_desc, b_desc, pid_b, row, x_col, b_col, d_k, cs_k, cs_last,
+                    BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, EXP2: tl.constexpr):
+    """state_block with the tiles fetched by descriptors over x (b, l, h·p) and B (b, l, g·n):
+    no address or mask arithmetic (rows past the sequence's end come back as zeros; columns past
+    p or n only reach state rows and columns that are never stored)."""
+    xv = tl.trans(x_desc.load([pid_b, row, x_col]).reshape(BK, BP))
+    bv = b_desc.load([pid_b, row, b_col]).reshape(BK, BN)
+    return _weighted_state(acc, xv, bv, d_k, cs_k, cs_last, EXP2)
 
 
 @triton.jit

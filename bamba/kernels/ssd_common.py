@@ -1,6 +1,7 @@
 """Host-side plumbing shared by the Triton SSD strategies (no kernels here)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -13,6 +14,11 @@ import triton
 
 from . import INTERPRET
 from .utils import cdiv, next_power_of_2
+
+try:  # host-built tensor descriptors (TMA); without them only the pointer kernels run
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton
+    TensorDescriptor = None
 
 
 @dataclass
@@ -69,6 +75,47 @@ def fused_scratch(pr: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     """Buffers the fused launch fills for the scan: processed dt, its in-chunk cumsum, C·Bᵀ tiles."""
     dt_proc = torch.empty(pr.b, pr.h, pr.nchunks, pr.chunk, dtype=torch.float32, device=pr.x.device)
     return dt_proc, torch.empty_like(dt_proc), cb_scratch(pr)
+
+
+@functools.lru_cache(maxsize=None)
+def has_tma(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def rows_aligned(t: torch.Tensor, strides) -> bool:
+    # a zero stride (a batch broadcast by expand) is no row step a descriptor can take
+    return t.data_ptr() % 16 == 0 and all(s > 0 and s * t.element_size() % 16 == 0 for s in strides)
+
+
+def packed_views_ok(pr: Prepared) -> bool:
+    """Whether descriptors can read x as (b, l, h·p) and B, C as (b, l, g·n): unit last strides,
+    the heads (groups) of a position packed in one row, 16-byte aligned bases and row strides, and
+    n a power of two (so a state-dim block never reaches into the next group)."""
+    if TensorDescriptor is None or pr.n & (pr.n - 1):
+        return False
+    for t, per_row in ((pr.x, pr.h), (pr.B, pr.g), (pr.C, pr.g)):
+        if t.stride(3) != 1 or (per_row > 1 and t.stride(2) != t.shape[3]) or not rows_aligned(t, t.stride()[:2]):
+            return False
+    return True
+
+
+# TMA tiles are timed with the pointer tiles on GPUs that have the accelerator (sm_90+), for calls
+# of at least TMA_MIN_WORK (batch·chunk·head) programs' worth of work: building descriptors costs
+# host time that short, host-bound calls gain nothing for.
+TMA_MIN_WORK = 2048
+
+
+def use_tma(pr: Prepared, fixed) -> bool:
+    """Whether a launch offers TMA tiles: a fixed cfg asks for them itself (the tests run them
+    under the interpreter), tuned calls on sm_90+ GPUs above TMA_MIN_WORK; either way only where
+    descriptors can read the inputs."""
+    want = fixed.get("TMA", False) if fixed else (pr.b * pr.nchunks * pr.h >= TMA_MIN_WORK and has_tma(pr.x.device))
+    return want and packed_views_ok(pr)
+
+
+def packed_rows(t: torch.Tensor, block) -> "TensorDescriptor":
+    """A descriptor over a (b, l, k, m) tensor viewed as (b, l, k·m) (see packed_views_ok)."""
+    return TensorDescriptor(t, [t.shape[0], t.shape[1], t.shape[2] * t.shape[3]], [t.stride(0), t.stride(1), 1], block)
 
 
 def hand_off_dtype(pr: Prepared) -> torch.dtype:

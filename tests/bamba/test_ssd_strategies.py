@@ -258,14 +258,34 @@ def test_tma_scan(kit, strategy, shape, hb, monkeypatch):
     kit.close(s, se)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 24e9,
-                    reason="every scan tile at 8 × 16k tokens on a GPU")
-def test_scan_tiles_agree_under_load(kit):
-    """Every tile the timed pick may choose, at Bamba-9B dims and 8 × 16k tokens (where a
-    register-capped build once gave outputs that changed from run to run): each run equals the
-    pointer kernel's output bit for bit (same products, same order of accumulation)."""
-    from bamba.kernels import ssd_chunk_scan
-    from bamba.kernels.ssd_chunk_state_passing import chunk_state_passing
+@pytest.mark.parametrize("strategy", TRITON)
+@pytest.mark.parametrize("shape,block", [((2, 50, 8, 16, 2, 16, 16), dict(BP=16, BN=16)),
+                                         ((1, 37, 4, 24, 1, 32, 16), dict(BP=16, BN=16)),
+                                         ((1, 37, 4, 24, 1, 32, 16), dict(BP=32, BN=16)),
+                                         ((3, 70, 2, 16, 1, 16, 32), dict(BP=16, BN=16))],
+                         ids=["b2l50h8g2", "b1l37p24n32", "b1l37p24n32-BP32", "b3l70Q32"])
+def test_tma_state_walk(kit, strategy, shape, block, monkeypatch):
+    """The descriptor-fed state walk a GPU may pick by timing: several chunks, a last chunk cut
+    short (rows past the sequence end come back as zeros), state blocks of p and n, a p-block
+    wider than p (p = 24: the tile's extra rows read the next head's x and are never stored),
+    g > 1 and an initial state."""
+    from bamba.kernels import ssd_chunk_state_passing, ssd_common
+    descriptors = []
+    monkeypatch.setattr(ssd_chunk_state_passing, "packed_rows",
+                        lambda t, blk: descriptors.append(blk) or ssd_common.packed_rows(t, blk))
+    monkeypatch.setattr(ssd_chunk_state_passing, "SEQ_CFG", {**ssd_chunk_state_passing.SEQ_CFG, **block, "TMA": True})
+    monkeypatch.setattr(ssd_chunk_state_passing, "PLANS", ("seq",))
+    b, l, h, p, g, n, Q = shape
+    inp = kit.make(b, l, h, p, g, n, with_d=True, with_bias=True, with_init=True)
+    y, s = bamba.ssd(**inp, chunk_size=Q, strategy=strategy)
+    assert descriptors  # x and B came through descriptors
+    ye, se = expected(kit, strategy, inp, Q)
+    kit.close(y, ye)
+    kit.close(s, se)
+
+
+def _under_load():
+    """The `optimized` walk's inputs, scratch and options at Bamba-9B dims and 8 × 16k tokens, bf16."""
     from bamba.kernels.ssd_common import fused_scratch, prepare
     b, l, h, p, g, n, Q = 8, 16384, 128, 64, 1, 128, 256
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -273,9 +293,35 @@ def test_scan_tiles_agree_under_load(kit):
     B, C = (torch.randn(b, l, g, n, device="cuda", generator=gen).bfloat16() for _ in range(2))
     A = -torch.rand(h, device="cuda", generator=gen) * 4
     pr = prepare(x, dt, A, B, C, Q, torch.ones(h, device="cuda"), None, None)
-    dt_proc, cs, cb = fused_scratch(pr)
-    prev, _ = chunk_state_passing(pr, dt_proc, cs, cb, dt=(True, (0.0, float("inf"))), out_dtype=torch.bfloat16,
-                                  exp2=True)
+    return pr, fused_scratch(pr), dict(dt=(True, (0.0, float("inf"))), out_dtype=torch.bfloat16, exp2=True)
+
+
+UNDER_LOAD = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 24e9,
+                                reason="tiles at 8 × 16k tokens on a GPU")
+
+
+@UNDER_LOAD
+def test_walk_tiles_agree_under_load():
+    """The descriptor-fed state walk under load: each run equals the pointer walk of the same
+    tile bit for bit (same products, same order), as a descriptor-fed scan build once did not."""
+    from bamba.kernels import ssd_chunk_state_passing as walk
+    pr, (dt_proc, cs, cb), kw = _under_load()
+    for cfg in walk.SEQ_TMA_CANDIDATES:
+        want = walk.chunk_state_passing(pr, dt_proc, cs, cb, cfg={**cfg, "TMA": False}, **kw)
+        for _ in range(3):
+            got = walk.chunk_state_passing(pr, dt_proc, cs, cb, cfg=cfg, **kw)
+            assert all(torch.equal(u, v) for u, v in zip(got, want)), cfg
+
+
+@UNDER_LOAD
+def test_scan_tiles_agree_under_load():
+    """Every tile the timed pick may choose, under load (where a register-capped build once gave
+    outputs that changed from run to run): each run equals the pointer kernel's output bit for
+    bit (same products, same order of accumulation)."""
+    from bamba.kernels import ssd_chunk_scan
+    from bamba.kernels.ssd_chunk_state_passing import chunk_state_passing
+    pr, (dt_proc, cs, cb), kw = _under_load()
+    prev, _ = chunk_state_passing(pr, dt_proc, cs, cb, **kw)
     scan = functools.partial(ssd_chunk_scan.chunk_scan, pr, cb, dt_proc, cs, prev, ssd_chunk_scan.PREV_PER_CHUNK,
                              exp2=True)
     want = scan(cfg=ssd_chunk_scan.SCAN_CFG)
@@ -286,12 +332,16 @@ def test_scan_tiles_agree_under_load(kit):
 
 def test_tma_scan_falls_back_where_descriptors_cannot_read(kit, monkeypatch):
     """Views TMA cannot address (a base off 16 bytes, heads not packed in a row, n not a power of
-    two, a batch broadcast with stride 0) run the pointer kernel instead, with the same results."""
-    from bamba.kernels import ssd_chunk_scan
+    two, a batch broadcast with stride 0) run the pointer kernels instead (scan and state walk),
+    with the same results."""
+    from bamba.kernels import ssd_chunk_scan, ssd_chunk_state_passing
     from bamba.kernels.ssd_common import prepare
     counter = _LaunchCount(ssd_chunk_scan._chunk_scan_tma_kernel)
     monkeypatch.setattr(ssd_chunk_scan, "_chunk_scan_tma_kernel", counter)
     monkeypatch.setattr(ssd_chunk_scan, "SCAN_CFG", {**ssd_chunk_scan.SCAN_CFG, "TMA": True, "LS": 2})
+    walk_descriptors = []
+    monkeypatch.setattr(ssd_chunk_state_passing, "packed_rows", lambda t, blk: walk_descriptors.append(blk))
+    monkeypatch.setattr(ssd_chunk_state_passing, "SEQ_CFG", {**ssd_chunk_state_passing.SEQ_CFG, "TMA": True})
     inp = kit.make(2, 40, 4, 16, 1, 16, with_d=True)
     ok = prepare(inp["x"], inp["dt"], inp["A"], inp["B"], inp["C"], 16, inp["D"], None, None)
     assert ssd_chunk_scan.tma_views_ok(ok, None, ssd_chunk_scan.PREV_NONE)
@@ -307,4 +357,4 @@ def test_tma_scan_falls_back_where_descriptors_cannot_read(kit, monkeypatch):
         ye, se = expected(kit, "optimized", case, 16)
         kit.close(y, ye)
         kit.close(s, se)
-    assert counter.launches == 0
+    assert counter.launches == 0 and not walk_descriptors
