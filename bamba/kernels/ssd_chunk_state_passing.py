@@ -18,13 +18,13 @@ import triton.language as tl
 from .ssd_bmm import cb_tile, cb_tiles, chunk_cb
 from .ssd_chunk_state import (block_dt, chunk_raw_dt, chunk_state, fused_chunk_dt, head_rate, state_block,
                               state_block_tma)
-from .ssd_common import Prepared, launch_opts, packed_rows, pick, tile, use_tma, use_tuned, work_bucket
+from .ssd_common import Prepared, TensorDescriptor, launch_opts, packed_rows, pick, tile, use_tma, use_tuned, work_bucket
 from .ssd_state_passing import state_passing
 from .utils import cdiv, decay, kernel_dt_limit
 
 
 @triton.jit
-def _chunk_state_passing_kernel(x_ptr, b_ptr, x_desc, b_desc, dt_ptr, cs_ptr, prev_ptr, init_ptr, final_ptr,
+def _chunk_state_passing_kernel(x_ptr, b_ptr, x_desc, b_desc, prev_desc, dt_ptr, cs_ptr, prev_ptr, init_ptr, final_ptr,
                                 dtraw_ptr, A_ptr, bias_ptr, c_ptr, cb_ptr, dt_min, dt_max,
                                 L, H, P, N, HPG, NC, C0, NCB,
                                 sx_b, sx_l, sx_h, sx_p, sb_b, sb_l, sb_g, sb_n, sr_b, sr_l, sr_h,
@@ -34,9 +34,10 @@ def _chunk_state_passing_kernel(x_ptr, b_ptr, x_desc, b_desc, dt_ptr, cs_ptr, pr
                                 SOFTPLUS: tl.constexpr, EXP2: tl.constexpr, FUSE_CB: tl.constexpr,
                                 HAS_INIT: tl.constexpr, STORE_PREV: tl.constexpr,
                                 CB_BM: tl.constexpr, CB_BK: tl.constexpr, CB_BN: tl.constexpr,
-                                TMA: tl.constexpr):
-    # TMA: x and B tiles through descriptors (state_block_tma) instead of masked pointer loads;
-    # same products in the same order, so the same bits
+                                TMA: tl.constexpr, PREV_TMA: tl.constexpr):
+    # TMA: x and B tiles through descriptors (state_block_tma) instead of masked pointer loads,
+    # and (PREV_TMA) the entering states stored through one; same products in the same order, so
+    # the same bits
     pid = tl.program_id(0)
     pid_b = tl.program_id(1)
     npn = tl.cdiv(P, BP) * tl.cdiv(N, BN)
@@ -66,7 +67,9 @@ def _chunk_state_passing_kernel(x_ptr, b_ptr, x_desc, b_desc, dt_ptr, cs_ptr, pr
         if FUSE_DT:
             raw_next = chunk_raw_dt(raw_base, C0, L, sr_l, CHUNK)
         for c in range(C0, NC):
-            if STORE_PREV:
+            if PREV_TMA:  # prev viewed (b·nc·h·p, n); BP divides p, so no row reaches the next head
+                prev_desc.store([((pid_b * NC + c) * H + h) * P + ps0, ns0], state.to(prev_ptr.dtype.element_ty))
+            elif STORE_PREV:
                 tl.store(prev_ptr + ((pid_b * NC + c) * H + h) * P * N + s_off,
                          state.to(prev_ptr.dtype.element_ty), mask=smask)
             cs_base = row + c * CHUNK
@@ -127,7 +130,8 @@ SEQ_CANDIDATES = [dict(BP=bp, BN=bn, num_warps=w, num_stages=s)
                                        (64, 64, 4, 1), (32, 64, 4, 1))]
 # TMA tiles, timed with the others where ssd_common.use_tma says so. On the H200 the two-stage one
 # took the `optimized` walk from 68 to 62 µs at 4k tokens, 240 to 213 at 16k and 1.91 to 1.58 ms
-# at 8 × 16k (32-wide n blocks, three stages and 8-warp 64 × 128 blocks were slower).
+# at 8 × 16k (32-wide n blocks, three stages and 8-warp 64 × 128 blocks were slower); storing the
+# entering states through a descriptor too, to 60, 197 and 1.46 ms.
 SEQ_TMA_CANDIDATES = [dict(BP=64, BN=64, num_warps=4, num_stages=s, TMA=True) for s in (2, 1)]
 
 
@@ -175,8 +179,10 @@ def chunk_state_passing(pr: Prepared, dt_proc, cs, cb=None, *, dt=None, out_dtyp
         npn = cdiv(pr.p, BP) * cdiv(pr.n, BN)
         tma_tile = c.get("TMA", False) and tma
         tiles = (packed_rows(pr.x, [1, BK, BP]), packed_rows(pr.B, [1, BK, BN])) if tma_tile else (pr.x, pr.B)
+        prev_tma = tma_tile and prev is not None and pr.p % BP == 0
+        prev_rows = TensorDescriptor(prev, [prev.numel() // pr.n, pr.n], [pr.n, 1], [BP, BN]) if prev_tma else pr.x
         _chunk_state_passing_kernel[(pr.h * npn + ndt, pr.b)](
-            pr.x, pr.B, *tiles, *args, BP=BP, BN=BN, BK=BK, TMA=tma_tile, **common,
+            pr.x, pr.B, *tiles, prev_rows, *args, BP=BP, BN=BN, BK=BK, TMA=tma_tile, PREV_TMA=prev_tma, **common,
             **launch_opts(c["num_warps"], c["num_stages"]))
 
     if tuned:
