@@ -136,16 +136,8 @@ def host_us(fn, n=20):
 
 def graph_us(fn):
     """GPU time of one call replayed from a CUDA graph (no host overhead); also proves capture works."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return bench(g.replay)
+    from bamba.kernels.ssd_common import graph_time
+    return graph_time(fn, warmup=25, rep=100) * 1e3
 
 
 def err_cell(row):
@@ -155,7 +147,8 @@ def err_cell(row):
 
 
 def breakdown(results):
-    """Per-kernel times of `default` and `optimized`, host overhead, and CUDA-graph replay times."""
+    """GPU time (CUDA-graph replay) of each stage of `default` and `optimized` and of whole calls,
+    and the host time per call."""
     from bamba.kernels import ssd_bmm, ssd_chunk_cumsum, ssd_chunk_scan, ssd_chunk_state, ssd_state_passing
     from bamba.kernels.ssd_chunk_state_passing import chunk_state_passing
     from bamba.kernels.ssd_common import prepare
@@ -188,7 +181,7 @@ def breakdown(results):
         }
         for name, fn in stages.items():
             try:
-                out.append(dict(batch=b, length=L, what=name, us=bench(fn)))
+                out.append(dict(batch=b, length=L, what=name, us=graph_us(fn)))
             except Exception as e:  # noqa: BLE001
                 out.append(dict(batch=b, length=L, what=name, error=repr(e)[:200]))
         for strat in ("default", "optimized", "independent"):

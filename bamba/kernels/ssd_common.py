@@ -188,14 +188,32 @@ def _bits_sum(t: torch.Tensor) -> int:
     return int(t.contiguous().view(ints).sum(dtype=torch.int64))
 
 
+def graph_time(fn, warmup=2, rep=10):
+    """Median GPU time (ms) of one call of fn replayed from a CUDA graph: the kernels' own time,
+    without the host's (a launch's host work, e.g. encoding tensor descriptors, can exceed a short
+    kernel's time and would otherwise count against it). triton.testing.do_bench's L2 flush runs
+    between replays."""
+    from triton.testing import do_bench
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # capture needs a warm-up off the default stream
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return do_bench(graph.replay, warmup=warmup, rep=rep, return_mode="median")
+
+
 def pick(key, candidates, run, output=None):
     """The fastest of ``candidates`` for ``key``: timed once per machine, then a dict lookup.
 
     Replaces triton.autotune: its dispatcher rebuilds a key from ~45 arguments on every call,
     host time that dominates short sequences. The choice is kept in ``tuning_file()`` so every
     later process makes the same one. ``run(candidate)`` must be repeatable (it may write the
-    real outputs). The first candidate is used, untimed, under the interpreter and during
-    CUDA-graph capture (timing needs syncs). The file's key names the candidate list too, so a
+    real outputs and must be CUDA-graph safe). Candidates are timed by GPU time (graph_time).
+    The first candidate is used, untimed, under the interpreter and during CUDA-graph capture
+    (timing needs syncs). The file's key names the candidate list too, so a
     changed list (a new tile added) is timed afresh rather than left to an older choice.
     ``output()``: the tensor ``run`` writes, for candidates that compute the same products in the
     same order (the scan's tiles): each must reproduce the first candidate's output bit for bit,
@@ -212,13 +230,12 @@ def pick(key, candidates, run, output=None):
     if stored in candidates:
         _PICKS[key] = candidates.index(stored)
         return stored
-    from triton.testing import do_bench
     times, want = [], None
     for cand in candidates:
         try:
             run(cand)  # compile (and any nested pick) outside the timing
             first = None if output is None else _bits_sum(output())
-            t = do_bench(lambda: run(cand), warmup=2, rep=10, return_mode="median")
+            t = graph_time(lambda: run(cand))
             if first is not None:
                 want = first if want is None else want
                 if not first == _bits_sum(output()) == want:

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import triton.testing
 
 from bamba.kernels import ssd_common
 
@@ -18,11 +17,11 @@ def test_choice_is_timed_once_then_read_back_by_a_fresh_process(tmp_path, monkey
     speed = {64: 3.0, 128: 1.0, 32: 2.0}  # µs: the second candidate is fastest
     timed = []
 
-    def fake_bench(fn, **kwargs):
+    def fake_time(fn, **kwargs):
         fn()
         return speed[timed[-1]["BM"]]
 
-    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    monkeypatch.setattr(ssd_common, "graph_time", fake_time)
     key = ("chunk_scan", 64, 128, 256, 1024, "torch.bfloat16")
     assert ssd_common.pick(key, candidates, timed.append) == candidates[1]
     table = json.loads(ssd_common.tuning_file().read_text())
@@ -67,12 +66,12 @@ def test_a_candidate_that_does_not_reproduce_the_first_output_is_not_chosen(tmp_
 
     speed = {"first": 4.0, "racy": 1.0, "wrong": 1.5, "other": 2.0}
 
-    def fake_bench(fn, **kwargs):
+    def fake_time(fn, **kwargs):
         for _ in range(3):
             fn()
         return speed[timed[-1]]
 
-    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    monkeypatch.setattr(ssd_common, "graph_time", fake_time)
     with pytest.warns(UserWarning, match="does not reproduce the first tile's output") as caught:
         chosen = ssd_common.pick(("k",), ["first", "racy", "wrong", "other"], run, output=lambda: out)
     assert chosen == "other"
