@@ -100,8 +100,9 @@ def packed_views_ok(pr: Prepared) -> bool:
 
 
 # TMA tiles are timed with the pointer tiles on GPUs that have the accelerator (sm_90+), for calls
-# of at least TMA_MIN_WORK (batch·chunk·head) programs' worth of work: building descriptors costs
-# host time that short, host-bound calls gain nothing for.
+# of at least TMA_MIN_WORK (batch·chunk·head) programs' worth of work: a launch encodes its
+# descriptors on the host, which the timed pick (GPU time) does not see and short, host-bound
+# calls would pay for.
 TMA_MIN_WORK = 2048
 
 
