@@ -89,12 +89,14 @@ def rows_aligned(t: torch.Tensor, strides) -> bool:
 
 def packed_views_ok(pr: Prepared) -> bool:
     """Whether descriptors can read x as (b, l, h·p) and B, C as (b, l, g·n): unit last strides,
-    the heads (groups) of a position packed in one row, 16-byte aligned bases and row strides, and
-    n a power of two (so a state-dim block never reaches into the next group)."""
+    the heads (groups) of a position packed in one row, 16-byte aligned bases and row strides, a
+    head's (group's) row at least 16 bytes (a descriptor's narrowest block), and n a power of two
+    (so a state-dim block never reaches into the next group)."""
     if TensorDescriptor is None or pr.n & (pr.n - 1):
         return False
     for t, per_row in ((pr.x, pr.h), (pr.B, pr.g), (pr.C, pr.g)):
-        if t.stride(3) != 1 or (per_row > 1 and t.stride(2) != t.shape[3]) or not rows_aligned(t, t.stride()[:2]):
+        if (t.stride(3) != 1 or (per_row > 1 and t.stride(2) != t.shape[3]) or t.shape[3] * t.element_size() < 16
+                or not rows_aligned(t, t.stride()[:2])):
             return False
     return True
 

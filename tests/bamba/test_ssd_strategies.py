@@ -332,8 +332,8 @@ def test_scan_tiles_agree_under_load():
 
 def test_tma_scan_falls_back_where_descriptors_cannot_read(kit, monkeypatch):
     """Views TMA cannot address (a base off 16 bytes, heads not packed in a row, n not a power of
-    two, a batch broadcast with stride 0) run the pointer kernels instead (scan and state walk),
-    with the same results."""
+    two, a batch broadcast with stride 0, a head's row narrower than 16 bytes) run the pointer
+    kernels instead (scan and state walk), with the same results."""
     from bamba.kernels import ssd_chunk_scan, ssd_chunk_state_passing
     from bamba.kernels.ssd_common import prepare
     counter = _LaunchCount(ssd_chunk_scan._chunk_scan_tma_kernel)
@@ -350,7 +350,8 @@ def test_tma_scan_falls_back_where_descriptors_cannot_read(kit, monkeypatch):
     unpacked = dict(inp, x=inp["x"].transpose(1, 2).contiguous().transpose(1, 2))  # (b, h, l, p) storage
     odd_n = kit.make(2, 40, 4, 16, 1, 20, with_d=True)
     broadcast = dict(inp, x=inp["x"][:1].expand(2, -1, -1, -1))  # batch stride 0
-    for case in (shifted, unpacked, odd_n, broadcast):
+    narrow = kit.make(2, 40, 4, 2, 1, 16, with_d=True)  # a head's x row: 8 bytes
+    for case in (shifted, unpacked, odd_n, broadcast, narrow):
         pr = prepare(case["x"], case["dt"], case["A"], case["B"], case["C"], 16, case["D"], None, None)
         assert not ssd_chunk_scan.tma_views_ok(pr, None, ssd_chunk_scan.PREV_NONE)
         y, s = bamba.ssd(**case, chunk_size=16, strategy="optimized")
