@@ -13,7 +13,7 @@ import triton.language as tl
 
 from .ssd_chunk_cumsum import chunk_cumsum
 from .ssd_chunk_state_passing import entering_states
-from .ssd_common import (Prepared, TensorDescriptor, cb_scratch, hand_off_dtype, launch_opts, packed_rows,
+from .ssd_common import (Prepared, cb_scratch, contiguous_rows, hand_off_dtype, launch_opts, packed_rows,
                          packed_views_ok, pick, prepare, rows_aligned, tile, use_tma, use_tuned, work_bucket)
 from .utils import cdiv, decay, mm
 
@@ -265,8 +265,8 @@ SCAN_CANDIDATES = [dict(BM=bm, BN=64, BK=bk, num_warps=w, num_stages=s, HB=hb, B
 
 
 # TMA tiles (the plain kernel fed by descriptors), timed with the pointer tiles where
-# ssd_common.use_tma says so. On the H200 the 128-wide state block with three key blocks in flight measured 138 / 548 µs at
-# 4k / 16k tokens against 153 / 590 for the best pointer tile. Two heads per program (HB=2) tie
+# ssd_common.use_tma says so. On the H200 the 128-wide state block with three key blocks in
+# flight measured 138 / 548 µs at 4k / 16k tokens against 153 / 590 for the best pointer tile. Two heads per program (HB=2) tie
 # at batch 1 and cut 8 × 16k from 5.0 to 3.8 ms, where C·Bᵀ no longer fits in L2. With 32-wide
 # state blocks the inter-chunk product keeps LS of them in flight: 1-2 % faster than one 128-wide
 # block. No register cap: the first tile capped at 96 registers (the same Triton IR, another
@@ -284,11 +284,6 @@ def heads_per_program(hb: int, heads_per_group: int) -> int:
 def tma_views_ok(pr: Prepared, prev, prev_mode) -> bool:
     """Whether descriptors can read x, C (packed_views_ok) and the entering states as rows of n."""
     return packed_views_ok(pr) and (prev_mode == PREV_NONE or (prev.is_contiguous() and rows_aligned(prev, (pr.n,))))
-
-
-def _rows(t: torch.Tensor, block):
-    """A descriptor over a contiguous tensor viewed as 2-D (rows of its last dim)."""
-    return TensorDescriptor(t, [t.numel() // t.shape[-1], t.shape[-1]], [t.shape[-1], 1], block)
 
 
 def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cfg=None):
@@ -321,7 +316,7 @@ def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cf
         if tma_tile:
             _chunk_scan_tma_kernel[grid](
                 packed_rows(pr.x, [1, BK, BN]), packed_rows(pr.x, [1, BM, BN]), packed_rows(pr.C, [1, BM, BKN]),
-                _rows(cb, [BM, BK]), _rows(tma_states, [BN, BKN]), dt_proc, cs, d, y,
+                contiguous_rows(cb, [BM, BK]), contiguous_rows(tma_states, [BN, BKN]), dt_proc, cs, d, y,
                 pr.l, pr.h, pr.p, pr.n, pr.h // pr.g, pr.nchunks, pr.g, *y.stride(),
                 BM=BM, BN=BN, BK=BK, BKN=BKN, LS=c["LS"], PS=c["LS"] if BKN < pr.n else 1, HB=HB, **common,
                 **opts)

@@ -18,15 +18,15 @@ import triton.language as tl
 from .ssd_bmm import cb_tile, cb_tiles, chunk_cb
 from .ssd_chunk_state import (block_dt, chunk_raw_dt, chunk_state, fused_chunk_dt, head_rate, state_block,
                               state_block_tma)
-from .ssd_common import (Prepared, TensorDescriptor, launch_opts, packed_rows, pick, rows_aligned, tile, use_tma,
+from .ssd_common import (Prepared, contiguous_rows, launch_opts, packed_rows, pick, rows_aligned, tile, use_tma,
                          use_tuned, work_bucket)
 from .ssd_state_passing import state_passing
 from .utils import cdiv, decay, kernel_dt_limit
 
 
 @triton.jit
-def _chunk_state_passing_kernel(x_ptr, b_ptr, x_desc, b_desc, prev_desc, dt_ptr, cs_ptr, prev_ptr, init_ptr, final_ptr,
-                                dtraw_ptr, A_ptr, bias_ptr, c_ptr, cb_ptr, dt_min, dt_max,
+def _chunk_state_passing_kernel(x_ptr, b_ptr, x_desc, b_desc, prev_desc, dt_ptr, cs_ptr, prev_ptr, init_ptr,
+                                final_ptr, dtraw_ptr, A_ptr, bias_ptr, c_ptr, cb_ptr, dt_min, dt_max,
                                 L, H, P, N, HPG, NC, C0, NCB,
                                 sx_b, sx_l, sx_h, sx_p, sb_b, sb_l, sb_g, sb_n, sr_b, sr_l, sr_h,
                                 sc_b, sc_l, sc_g, sc_n, scb_b, scb_c, scb_g, scb_m, scb_k,
@@ -181,7 +181,7 @@ def chunk_state_passing(pr: Prepared, dt_proc, cs, cb=None, *, dt=None, out_dtyp
         tma_tile = c.get("TMA", False) and tma
         tiles = (packed_rows(pr.x, [1, BK, BP]), packed_rows(pr.B, [1, BK, BN])) if tma_tile else (pr.x, pr.B)
         prev_tma = tma_tile and prev is not None and pr.p % BP == 0 and rows_aligned(prev, (pr.n,))
-        prev_rows = TensorDescriptor(prev, [prev.numel() // pr.n, pr.n], [pr.n, 1], [BP, BN]) if prev_tma else pr.x
+        prev_rows = contiguous_rows(prev, [BP, BN]) if prev_tma else pr.x
         _chunk_state_passing_kernel[(pr.h * npn + ndt, pr.b)](
             pr.x, pr.B, *tiles, prev_rows, *args, BP=BP, BN=BN, BK=BK, TMA=tma_tile, PREV_TMA=prev_tma, **common,
             **launch_opts(c["num_warps"], c["num_stages"]))

@@ -121,6 +121,11 @@ def packed_rows(t: torch.Tensor, block) -> "TensorDescriptor":
     return TensorDescriptor(t, [t.shape[0], t.shape[1], t.shape[2] * t.shape[3]], [t.stride(0), t.stride(1), 1], block)
 
 
+def contiguous_rows(t: torch.Tensor, block) -> "TensorDescriptor":
+    """A descriptor over a contiguous tensor viewed as 2-D (rows of its last dim)."""
+    return TensorDescriptor(t, [t.numel() // t.shape[-1], t.shape[-1]], [t.shape[-1], 1], block)
+
+
 def hand_off_dtype(pr: Prepared) -> torch.dtype:
     """dtype of the entering states handed to the chunk scan: the operand dtype of bf16/fp16
     models (the scan multiplies them with C in that dtype anyway, so no precision is lost, and it

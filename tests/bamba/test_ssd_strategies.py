@@ -296,8 +296,9 @@ def _under_load():
     return pr, fused_scratch(pr), dict(dt=(True, (0.0, float("inf"))), out_dtype=torch.bfloat16, exp2=True)
 
 
-UNDER_LOAD = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 24e9,
-                                reason="tiles at 8 × 16k tokens on a GPU")
+UNDER_LOAD = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 24e9,
+    reason="tiles at 8 × 16k tokens on a GPU")
 
 
 @UNDER_LOAD
