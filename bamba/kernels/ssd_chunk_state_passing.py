@@ -189,7 +189,11 @@ def chunk_state_passing(pr: Prepared, dt_proc, cs, cb=None, *, dt=None, out_dtyp
     if tuned:
         key = ("chunk_state_passing", pr.p, pr.n, pr.chunk, pr.b, work_bucket(pr.nchunks),
                pr.x.dtype, out_dtype, dt is not None, ncb > 0, exp2, last_only, tma)
-        launch(pick(key, SEQ_CANDIDATES + SEQ_TMA_CANDIDATES if tma else SEQ_CANDIDATES, launch))
+        # tiles of one shape compute the same products in the same order, by descriptors or not,
+        # so a descriptor-fed tile must reproduce its pointer twin's states bit for bit
+        launch(pick(key, SEQ_CANDIDATES + SEQ_TMA_CANDIDATES if tma else SEQ_CANDIDATES, launch,
+                    output=lambda: final if prev is None else (prev, final),
+                    same_bits=lambda c: tuple(sorted((k, v) for k, v in c.items() if k != "TMA"))))
     else:
         launch(fixed)
     return prev, final

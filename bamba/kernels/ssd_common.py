@@ -190,10 +190,12 @@ def _write_tuning(key: str, choice) -> None:
         pass
 
 
-def _bits_sum(t: torch.Tensor) -> int:
-    """An exact checksum of a tensor's bits (any change to one element changes it)."""
-    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
-    return int(t.contiguous().view(ints).sum(dtype=torch.int64))
+def _bits(outputs) -> tuple:
+    """Exact checksums of a tensor's (or a tuple of tensors') bits: a change to any element changes them."""
+    def one(t):
+        ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+        return int(t.contiguous().view(ints).sum(dtype=torch.int64))
+    return tuple(map(one, outputs)) if isinstance(outputs, tuple) else (one(outputs),)
 
 
 def graph_time(fn, warmup=2, rep=10):
@@ -213,7 +215,12 @@ def graph_time(fn, warmup=2, rep=10):
     return do_bench(graph.replay, warmup=warmup, rep=rep, return_mode="median")
 
 
-def pick(key, candidates, run, output=None):
+# Tags the tuning file's keys with how candidates were timed, so choices timed another way
+# (call by call, host time included, before GPU time) are timed afresh rather than kept.
+TIMING = "GPU time"
+
+
+def pick(key, candidates, run, output=None, same_bits=None):
     """The fastest of ``candidates`` for ``key``: timed once per machine, then a dict lookup.
 
     Replaces triton.autotune: its dispatcher rebuilds a key from ~45 arguments on every call,
@@ -221,33 +228,36 @@ def pick(key, candidates, run, output=None):
     later process makes the same one. ``run(candidate)`` must be repeatable (it may write the
     real outputs and must be CUDA-graph safe). Candidates are timed by GPU time (graph_time).
     The first candidate is used, untimed, under the interpreter and during CUDA-graph capture
-    (timing needs syncs). The file's key names the candidate list too, so a
-    changed list (a new tile added) is timed afresh rather than left to an older choice.
-    ``output()``: the tensor ``run`` writes, for candidates that compute the same products in the
-    same order (the scan's tiles): each must reproduce the first candidate's output bit for bit,
-    after its first run and after its timed runs. One that does not (a racy build was seen: right
-    at 4k tokens, wrong at 8 × 16k) is not chosen.
+    (timing needs syncs). The file's key names the candidate list and the timing method too, so
+    a changed list (a new tile added) or a choice timed another way is timed afresh rather than
+    left to an older choice.
+    ``output()``: the tensor (or tuple of tensors) ``run`` writes. Candidates with equal
+    ``same_bits(candidate)`` (all of them when it is None) compute the same products in the same
+    order, so each must reproduce the first such candidate's output bit for bit, after its first
+    run and after its timed runs. One that does not (racy builds were seen: right at 4k tokens,
+    wrong at 8 × 16k) is not chosen.
     """
     i = _PICKS.get(key)
     if i is not None:
         return candidates[i]
     if INTERPRET or len(candidates) == 1 or torch.cuda.is_current_stream_capturing():
         return candidates[0]
-    file_key = f"{key!r} of {zlib.crc32(repr(candidates).encode()):08x}"
+    file_key = f"{key!r} of {zlib.crc32(repr(candidates).encode()):08x} by {TIMING}"
     stored = _read_tuning().get(file_key)
     if stored in candidates:
         _PICKS[key] = candidates.index(stored)
         return stored
-    times, want = [], None
+    times, want = [], {}
     for cand in candidates:
         try:
             run(cand)  # compile (and any nested pick) outside the timing
-            first = None if output is None else _bits_sum(output())
+            first = None if output is None else _bits(output())
             t = graph_time(lambda: run(cand))
             if first is not None:
-                want = first if want is None else want
-                if not first == _bits_sum(output()) == want:
-                    warnings.warn(f"{key!r}: tile {cand} does not reproduce the first tile's output; not used")
+                ref = want.setdefault(None if same_bits is None else same_bits(cand), first)
+                if not first == _bits(output()) == ref:
+                    warnings.warn(f"{key!r}: tile {cand} does not reproduce the output of the first tile of its "
+                                  "kind; not used")
                     t = float("inf")
             times.append(t)
         except Exception:  # noqa: BLE001  (e.g. a tile that does not fit in shared memory)

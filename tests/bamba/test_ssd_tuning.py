@@ -72,10 +72,77 @@ def test_a_candidate_that_does_not_reproduce_the_first_output_is_not_chosen(tmp_
         return speed[timed[-1]]
 
     monkeypatch.setattr(ssd_common, "graph_time", fake_time)
-    with pytest.warns(UserWarning, match="does not reproduce the first tile's output") as caught:
+    with pytest.warns(UserWarning, match="does not reproduce the output of the first tile of its kind") as caught:
         chosen = ssd_common.pick(("k",), ["first", "racy", "wrong", "other"], run, output=lambda: out)
     assert chosen == "other"
     assert sorted(str(w.message).split("tile ")[1].split(" ")[0] for w in caught) == ["racy", "wrong"]
+
+
+def test_only_tiles_of_one_kind_must_agree_bit_for_bit(tmp_path, monkeypatch):
+    """With same_bits, each tile is held to the first tile of its own kind (the state walk: a
+    descriptor-fed tile to its pointer twin), and tiles of another kind may round differently."""
+    monkeypatch.setenv("BAMBA_CACHE", str(tmp_path))
+    monkeypatch.setattr(ssd_common, "INTERPRET", False)
+    monkeypatch.setattr(ssd_common, "_PICKS", {})
+    monkeypatch.setattr(ssd_common.torch.cuda, "is_current_stream_capturing", lambda: False)
+    states, final = torch.zeros(8), torch.zeros(2)
+    bits = {"a": 1.0, "a-racy": 1.0, "b": 5.0, "b-twin": 5.0}  # kinds a and b round differently
+    timed = []
+
+    def run(cand):
+        timed.append(cand)
+        states.fill_(bits[cand])
+        final.fill_(bits[cand])
+        if cand == "a-racy" and timed.count(cand) > 1:
+            final[0] = 7.0  # only the second tuple member changes: both members are checked
+
+    speed = {"a": 4.0, "a-racy": 1.0, "b": 3.0, "b-twin": 2.0}
+
+    def fake_time(fn, **kwargs):
+        for _ in range(3):
+            fn()
+        return speed[timed[-1]]
+
+    monkeypatch.setattr(ssd_common, "graph_time", fake_time)
+    with pytest.warns(UserWarning, match="a-racy") as caught:
+        chosen = ssd_common.pick(("walk",), ["a", "b", "a-racy", "b-twin"], run, output=lambda: (states, final),
+                                 same_bits=lambda c: c[0])
+    assert chosen == "b-twin" and len(caught) == 1
+
+
+def test_walk_descriptor_tiles_have_a_pointer_twin():
+    """The walk's pick checks a descriptor-fed tile against the pointer tile of the same shape,
+    timed before it; without one in the list that check would be vacuous."""
+    from bamba.kernels.ssd_chunk_state_passing import SEQ_CANDIDATES, SEQ_TMA_CANDIDATES
+    for cfg in SEQ_TMA_CANDIDATES:
+        assert {k: v for k, v in cfg.items() if k != "TMA"} in SEQ_CANDIDATES, cfg
+
+
+def test_choices_timed_another_way_are_timed_again(tmp_path, monkeypatch):
+    """A tuning file written when tiles were timed call by call (host time included) keeps keys
+    without the timing tag; they are not used, and the choice is timed afresh."""
+    monkeypatch.setenv("BAMBA_CACHE", str(tmp_path))
+    monkeypatch.setattr(ssd_common, "INTERPRET", False)
+    monkeypatch.setattr(ssd_common, "_PICKS", {})
+    monkeypatch.setattr(ssd_common.torch.cuda, "is_current_stream_capturing", lambda: False)
+    candidates, key = ["slow", "fast"], ("chunk_scan", 1)
+    timed = []
+
+    def fake_time(fn, **kwargs):
+        fn()
+        return {"slow": 2.0, "fast": 1.0}[timed[-1]]
+
+    monkeypatch.setattr(ssd_common, "graph_time", fake_time)
+    assert ssd_common.pick(key, candidates, timed.append) == "fast"
+    path = ssd_common.tuning_file()
+    (tagged,) = json.loads(path.read_text())
+    tag = f" by {ssd_common.TIMING}"
+    assert tagged.endswith(tag)
+    # the choice stored under the old key form (no timing tag), pointing at the slower tile
+    path.write_text(json.dumps({tagged[:-len(tag)]: "slow"}))
+    monkeypatch.setattr(ssd_common, "_PICKS", {})
+    n = len(timed)
+    assert ssd_common.pick(key, candidates, timed.append) == "fast" and len(timed) > n
 
 
 def test_interpreter_uses_the_first_candidate_untimed(monkeypatch, tmp_path):
