@@ -8,11 +8,26 @@ import torch
 from bamba.kernels import ssd_common
 
 
-def test_choice_is_timed_once_then_read_back_by_a_fresh_process(tmp_path, monkeypatch):
+@pytest.fixture
+def gpu_pick(tmp_path, monkeypatch):
+    """pick() as on a GPU, with an empty tuning file in tmp_path (CPU torch: nothing is capturing)."""
     monkeypatch.setenv("BAMBA_CACHE", str(tmp_path))
     monkeypatch.setattr(ssd_common, "INTERPRET", False)
     monkeypatch.setattr(ssd_common, "_PICKS", {})
-    monkeypatch.setattr(ssd_common.torch.cuda, "is_current_stream_capturing", lambda: False)  # CPU torch
+    monkeypatch.setattr(ssd_common.torch.cuda, "is_current_stream_capturing", lambda: False)
+
+
+def replays_timed_by(speed, timed):
+    """A graph_time stand-in: runs fn three times (its replays), then reports the speed of the
+    candidate run last."""
+    def fake_time(fn, **kwargs):
+        for _ in range(3):
+            fn()
+        return speed[timed[-1]]
+    return fake_time
+
+
+def test_choice_is_timed_once_then_read_back_by_a_fresh_process(gpu_pick, monkeypatch):
     candidates = [{"BM": 64, "num_warps": 4}, {"BM": 128, "num_warps": 8}, {"BM": 32, "num_warps": 4}]
     speed = {64: 3.0, 128: 1.0, 32: 2.0}  # µs: the second candidate is fastest
     timed = []
@@ -46,13 +61,9 @@ def test_choice_is_timed_once_then_read_back_by_a_fresh_process(tmp_path, monkey
     assert len(timed) > n_timed
 
 
-def test_a_candidate_that_does_not_reproduce_the_first_output_is_not_chosen(tmp_path, monkeypatch):
+def test_a_candidate_that_does_not_reproduce_the_first_output_is_not_chosen(gpu_pick, monkeypatch):
     """Tiles of one exact computation must give the first tile's output bit for bit: a racy build
     (its output changes between runs) and a wrong one are passed over even when fastest."""
-    monkeypatch.setenv("BAMBA_CACHE", str(tmp_path))
-    monkeypatch.setattr(ssd_common, "INTERPRET", False)
-    monkeypatch.setattr(ssd_common, "_PICKS", {})
-    monkeypatch.setattr(ssd_common.torch.cuda, "is_current_stream_capturing", lambda: False)
     out = torch.zeros(64, dtype=torch.bfloat16)
     timed = []
 
@@ -65,26 +76,16 @@ def test_a_candidate_that_does_not_reproduce_the_first_output_is_not_chosen(tmp_
             out[0] = 1.0
 
     speed = {"first": 4.0, "racy": 1.0, "wrong": 1.5, "other": 2.0}
-
-    def fake_time(fn, **kwargs):
-        for _ in range(3):
-            fn()
-        return speed[timed[-1]]
-
-    monkeypatch.setattr(ssd_common, "graph_time", fake_time)
+    monkeypatch.setattr(ssd_common, "graph_time", replays_timed_by(speed, timed))
     with pytest.warns(UserWarning, match="does not reproduce the output of the first tile of its kind") as caught:
         chosen = ssd_common.pick(("k",), ["first", "racy", "wrong", "other"], run, output=lambda: out)
     assert chosen == "other"
     assert sorted(str(w.message).split("tile ")[1].split(" ")[0] for w in caught) == ["racy", "wrong"]
 
 
-def test_only_tiles_of_one_kind_must_agree_bit_for_bit(tmp_path, monkeypatch):
+def test_only_tiles_of_one_kind_must_agree_bit_for_bit(gpu_pick, monkeypatch):
     """With same_bits, each tile is held to the first tile of its own kind (the state walk: a
     descriptor-fed tile to its pointer twin), and tiles of another kind may round differently."""
-    monkeypatch.setenv("BAMBA_CACHE", str(tmp_path))
-    monkeypatch.setattr(ssd_common, "INTERPRET", False)
-    monkeypatch.setattr(ssd_common, "_PICKS", {})
-    monkeypatch.setattr(ssd_common.torch.cuda, "is_current_stream_capturing", lambda: False)
     states, final = torch.zeros(8), torch.zeros(2)
     bits = {"a": 1.0, "a-racy": 1.0, "b": 5.0, "b-twin": 5.0}  # kinds a and b round differently
     timed = []
@@ -97,13 +98,7 @@ def test_only_tiles_of_one_kind_must_agree_bit_for_bit(tmp_path, monkeypatch):
             final[0] = 7.0  # only the second tuple member changes: both members are checked
 
     speed = {"a": 4.0, "a-racy": 1.0, "b": 3.0, "b-twin": 2.0}
-
-    def fake_time(fn, **kwargs):
-        for _ in range(3):
-            fn()
-        return speed[timed[-1]]
-
-    monkeypatch.setattr(ssd_common, "graph_time", fake_time)
+    monkeypatch.setattr(ssd_common, "graph_time", replays_timed_by(speed, timed))
     with pytest.warns(UserWarning, match="a-racy") as caught:
         chosen = ssd_common.pick(("walk",), ["a", "b", "a-racy", "b-twin"], run, output=lambda: (states, final),
                                  same_bits=lambda c: c[0])
@@ -118,13 +113,9 @@ def test_walk_descriptor_tiles_have_a_pointer_twin():
         assert {k: v for k, v in cfg.items() if k != "TMA"} in SEQ_CANDIDATES, cfg
 
 
-def test_choices_timed_another_way_are_timed_again(tmp_path, monkeypatch):
+def test_choices_timed_another_way_are_timed_again(gpu_pick, monkeypatch):
     """A tuning file written when tiles were timed call by call (host time included) keeps keys
     without the timing tag; they are not used, and the choice is timed afresh."""
-    monkeypatch.setenv("BAMBA_CACHE", str(tmp_path))
-    monkeypatch.setattr(ssd_common, "INTERPRET", False)
-    monkeypatch.setattr(ssd_common, "_PICKS", {})
-    monkeypatch.setattr(ssd_common.torch.cuda, "is_current_stream_capturing", lambda: False)
     candidates, key = ["slow", "fast"], ("chunk_scan", 1)
     timed = []
 
