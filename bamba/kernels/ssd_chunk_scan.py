@@ -13,8 +13,8 @@ import triton.language as tl
 
 from .ssd_chunk_cumsum import chunk_cumsum
 from .ssd_chunk_state_passing import entering_states
-from .ssd_common import (Prepared, cb_scratch, contiguous_rows, hand_off_dtype, launch_opts, packed_rows,
-                         packed_views_ok, pick, prepare, rows_aligned, tile, use_tma, use_tuned, work_bucket)
+from .ssd_common import (Prepared, cb_scratch, contiguous_rows, hand_off_dtype, launch_opts, packed_rows, pick,
+                         prepare, rows_aligned, tile, use_tma, use_tuned, work_bucket)
 from .utils import cdiv, decay, mm
 
 PREV_NONE, PREV_PER_CHUNK, PREV_FIRST_CHUNK = 0, 1, 2
@@ -266,12 +266,13 @@ SCAN_CANDIDATES = [dict(BM=bm, BN=64, BK=bk, num_warps=w, num_stages=s, HB=hb, B
 
 # TMA tiles (the plain kernel fed by descriptors), timed with the pointer tiles where
 # ssd_common.use_tma says so. On the H200 the 128-wide state block with three key blocks in
-# flight measured 138 / 548 µs at 4k / 16k tokens against 153 / 590 for the best pointer tile. Two heads per program (HB=2) tie
-# at batch 1 and cut 8 × 16k from 5.0 to 3.8 ms, where C·Bᵀ no longer fits in L2. With 32-wide
-# state blocks the inter-chunk product keeps LS of them in flight: 1-2 % faster than one 128-wide
-# block. No register cap: the first tile capped at 96 registers (the same Triton IR, another
-# ptxas build) gave outputs that changed from run to run at 8 × 16k with bf16 C·Bᵀ (10 of 10
-# runs; 1 of 10 at 4k), where every tile here matches the pointer kernel bit for bit.
+# flight measured 138 / 548 µs at 4k / 16k tokens against 153 / 590 for the best pointer tile.
+# Two heads per program (HB=2) tie at batch 1 and cut 8 × 16k from 5.0 to 3.8 ms, where C·Bᵀ no
+# longer fits in L2. With 32-wide state blocks the inter-chunk product keeps LS of them in flight:
+# 1-2 % faster than one 128-wide block. No register cap: the first tile capped at 96 registers
+# (the same Triton IR, another ptxas build) gave outputs that changed from run to run at 8 × 16k
+# with bf16 C·Bᵀ (10 of 10 runs; 1 of 10 at 4k), where every tile here matches the pointer kernel
+# bit for bit.
 TMA_CANDIDATES = [dict(BM=64, BN=64, BK=32, num_warps=4, num_stages=1, HB=hb, BKN=bkn, TMA=True, LS=ls)
                   for hb, bkn, ls in ((1, 128, 3), (1, 128, 4), (1, 64, 3), (2, 128, 3), (2, 32, 3))]
 
@@ -281,9 +282,10 @@ def heads_per_program(hb: int, heads_per_group: int) -> int:
     return math.gcd(hb, heads_per_group)
 
 
-def tma_views_ok(pr: Prepared, prev, prev_mode) -> bool:
-    """Whether descriptors can read x, C (packed_views_ok) and the entering states as rows of n."""
-    return packed_views_ok(pr) and (prev_mode == PREV_NONE or (prev.is_contiguous() and rows_aligned(prev, (pr.n,))))
+def states_rows_ok(prev, prev_mode) -> bool:
+    """Whether a descriptor can read the entering (or initial) states as rows of n; the inputs'
+    views are use_tma's check."""
+    return prev_mode == PREV_NONE or (prev.is_contiguous() and rows_aligned(prev, (prev.shape[-1],)))
 
 
 def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cfg=None):
@@ -292,7 +294,7 @@ def chunk_scan(pr: Prepared, cb, dt_proc, cs, prev, prev_mode, *, exp2=False, cf
     y = torch.empty(pr.b, pr.l, pr.h, pr.p, dtype=pr.x.dtype, device=pr.x.device)
     tuned = use_tuned(pr, cfg)
     fixed = None if tuned else {**SCAN_CFG, **(cfg or {})}
-    tma = use_tma(pr, fixed) and tma_views_ok(pr, prev, prev_mode)
+    tma = use_tma(pr, fixed) and states_rows_ok(prev, prev_mode)
     tma_states = prev if prev_mode != PREV_NONE else cb  # the descriptor is unused without states
     if prev_mode == PREV_PER_CHUNK:
         sp = prev.stride()

@@ -336,7 +336,7 @@ def test_tma_scan_falls_back_where_descriptors_cannot_read(kit, monkeypatch):
     two, a batch broadcast with stride 0, a head's row narrower than 16 bytes) run the pointer
     kernels instead (scan and state walk), with the same results."""
     from bamba.kernels import ssd_chunk_scan, ssd_chunk_state_passing
-    from bamba.kernels.ssd_common import prepare
+    from bamba.kernels.ssd_common import packed_views_ok, prepare
     counter = _LaunchCount(ssd_chunk_scan._chunk_scan_tma_kernel)
     monkeypatch.setattr(ssd_chunk_scan, "_chunk_scan_tma_kernel", counter)
     monkeypatch.setattr(ssd_chunk_scan, "SCAN_CFG", {**ssd_chunk_scan.SCAN_CFG, "TMA": True, "LS": 2})
@@ -345,7 +345,7 @@ def test_tma_scan_falls_back_where_descriptors_cannot_read(kit, monkeypatch):
     monkeypatch.setattr(ssd_chunk_state_passing, "SEQ_CFG", {**ssd_chunk_state_passing.SEQ_CFG, "TMA": True})
     inp = kit.make(2, 40, 4, 16, 1, 16, with_d=True)
     ok = prepare(inp["x"], inp["dt"], inp["A"], inp["B"], inp["C"], 16, inp["D"], None, None)
-    assert ssd_chunk_scan.tma_views_ok(ok, None, ssd_chunk_scan.PREV_NONE)
+    assert packed_views_ok(ok)
     wide = torch.empty(2, 40, 4, 17, dtype=inp["x"].dtype, device=inp["x"].device)
     shifted = dict(inp, x=wide[..., 1:].copy_(inp["x"]))  # same values, base 4 bytes off
     unpacked = dict(inp, x=inp["x"].transpose(1, 2).contiguous().transpose(1, 2))  # (b, h, l, p) storage
@@ -354,7 +354,7 @@ def test_tma_scan_falls_back_where_descriptors_cannot_read(kit, monkeypatch):
     narrow = kit.make(2, 40, 4, 2, 1, 16, with_d=True)  # a head's x row: 8 bytes
     for case in (shifted, unpacked, odd_n, broadcast, narrow):
         pr = prepare(case["x"], case["dt"], case["A"], case["B"], case["C"], 16, case["D"], None, None)
-        assert not ssd_chunk_scan.tma_views_ok(pr, None, ssd_chunk_scan.PREV_NONE)
+        assert not packed_views_ok(pr)
         y, s = bamba.ssd(**case, chunk_size=16, strategy="optimized")
         ye, se = expected(kit, "optimized", case, 16)
         kit.close(y, ye)
