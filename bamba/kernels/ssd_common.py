@@ -210,7 +210,9 @@ def graph_time(fn, warmup=2, rep=10):
         fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: other threads of the process may go on allocating (the default, global mode,
+    # would fail their allocations while this one captures)
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         fn()
     return do_bench(graph.replay, warmup=warmup, rep=rep, return_mode="median")
 

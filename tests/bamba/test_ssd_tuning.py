@@ -141,3 +141,34 @@ def test_interpreter_uses_the_first_candidate_untimed(monkeypatch, tmp_path):
     monkeypatch.setattr(ssd_common, "INTERPRET", True)
     assert ssd_common.pick(("k",), ["a", "b"], lambda c: (_ for _ in ()).throw(AssertionError)) == "a"
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a GPU")
+def test_timing_leaves_other_threads_free_to_allocate():
+    """Timing a tile captures a CUDA graph. Another thread of the process (a data loader, a second
+    model) may allocate device memory meanwhile: only the capturing thread is restricted."""
+    import threading
+
+    in_capture, allocated, errors = threading.Event(), threading.Event(), []
+
+    def other_thread():
+        in_capture.wait(timeout=60)
+        try:  # a size no cached block serves, so the allocator asks the driver
+            torch.empty(3 * 2 ** 30 + 4099, dtype=torch.uint8, device="cuda")
+        except RuntimeError as e:
+            errors.append(str(e))
+        allocated.set()
+
+    x = torch.zeros(16, device="cuda")
+
+    def fn():
+        if torch.cuda.is_current_stream_capturing() and not in_capture.is_set():
+            in_capture.set()
+            allocated.wait(timeout=60)
+        x.add_(1)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    ssd_common.graph_time(fn, warmup=1, rep=2)
+    thread.join()
+    assert in_capture.is_set() and allocated.is_set() and errors == []
