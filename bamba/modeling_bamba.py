@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import STRATEGIES, causal_conv1d, causal_conv1d_update, ssd, ssd_step
-from .kernels.rms_norm import rms_norm, rms_norm_gated
+from .kernels.rms_norm import add_rms_norm, rms_norm, rms_norm_gated, silu_mul
 from .ssd import check_backend, get_strategy
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -204,6 +204,7 @@ class Batch:
     strategy: str
     chunk_size: int
     backend: str                    # bamba.ssd's BACKENDS: the strategy's kernels or its PyTorch twin
+    decay_rates: dict               # Mamba2 layer index -> its A = −exp(A_log), fp32 (h,)
     decode: bool = False            # one token per row after the cache (`decode_step`)
 
 
@@ -211,10 +212,11 @@ class Batch:
 # Norms
 
 
-def _fused_norm(x: torch.Tensor, backend: str) -> bool:
-    """With the model's "triton" backend, norms run as one Triton launch each on CUDA at inference
-    (`kernels.rms_norm`: the same expressions; it has no backward, so autograd keeps the PyTorch
-    form, as does the "torch" backend)."""
+def _one_launch(x: torch.Tensor, backend: str) -> bool:
+    """With the model's "triton" backend, the norms (with the residual add before them) and the
+    MLP's silu·up run as one Triton launch each on CUDA at inference (`kernels.rms_norm`: the same
+    expressions; it has no backward, so autograd keeps the PyTorch form, as does the "torch"
+    backend)."""
     return backend == "triton" and x.is_cuda and not torch.is_grad_enabled()
 
 
@@ -224,8 +226,15 @@ class BambaRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x, backend: str = "torch"):
-        if _fused_norm(x, backend):
+    def forward(self, x, backend: str = "torch", residual=None):
+        """norm(x); with `residual`: (norm(s), s) for the residual stream s = residual + x (the
+        one-launch form consumes both: s is written over residual, the norm over x)."""
+        if residual is not None:
+            if _one_launch(x, backend):
+                return add_rms_norm(x, residual, self.weight, self.eps)
+            x = residual + x
+            return self(x, backend), x
+        if _one_launch(x, backend):
             return rms_norm(x, self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -242,7 +251,7 @@ class BambaRMSNormGated(nn.Module):
         self.eps = eps
 
     def forward(self, y, gate, backend: str = "torch"):
-        if _fused_norm(y, backend):
+        if _one_launch(y, backend):
             return rms_norm_gated(y, gate, self.weight, self.group_size, self.eps)
         h = y.float() * F.silu(gate.float())
         h = h.unflatten(-1, (-1, self.group_size))
@@ -304,7 +313,7 @@ class BambaMixer(nn.Module):
         bc = self.n_groups * self.d_state
         x, B, C = xBC.split([self.intermediate_size, bc, bc], dim=-1)
 
-        A = -torch.exp(self.A_log.float())
+        A = batch.decay_rates[self.layer]
         ssm_args = dict(D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit,
                         strategy=batch.strategy, backend=batch.backend)
         if batch.decode:
@@ -413,7 +422,10 @@ class BambaMLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
-    def forward(self, x):
+    def forward(self, x, backend: str = "torch"):
+        # gate and up are temporaries of the expression: freed before down_proj allocates its output
+        if _one_launch(x, backend):
+            return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -430,10 +442,17 @@ class BambaDecoderLayer(nn.Module):
         self.pre_ff_layernorm = BambaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.feed_forward = BambaMLP(config)
 
-    def forward(self, hidden, batch: Batch):
+    def forward(self, hidden, batch: Batch, residual=None):
+        """(MLP output, residual stream before it): the caller adds the two, in the next layer's
+        first norm or the final one, so each add runs in one launch with a norm. `hidden` is the
+        layer's input, or with `residual` the previous layer's MLP output, still to be added."""
         mixer = self.self_attn if hasattr(self, "self_attn") else self.mamba
-        hidden = hidden + mixer(self.input_layernorm(hidden, batch.backend), batch)
-        return hidden + self.feed_forward(self.pre_ff_layernorm(hidden, batch.backend))
+        if residual is None:
+            h, residual = self.input_layernorm(hidden, batch.backend), hidden
+        else:
+            h, residual = self.input_layernorm(hidden, batch.backend, residual)
+        h, residual = self.pre_ff_layernorm(mixer(h, batch), batch.backend, residual)
+        return self.feed_forward(h, batch.backend), residual
 
 
 class BambaModel(nn.Module):
@@ -517,9 +536,8 @@ class BambaForCausalLM(nn.Module):
         cos, sin = rotary_angles(positions, self.config, hidden.dtype)
         padded = mask is not None or (cache is not None and cache.padded)
         batch = Batch(mask, pads, self._attention_mask(mask, cache, l, padded), cos, sin, positions, cache,
-                      self.strategy, self.chunk_size, self.backend)
-        for layer in self.model.layers:
-            hidden = layer(hidden, batch)
+                      self.strategy, self.chunk_size, self.backend, self._decay_rates())
+        hidden, residual = self._decoder(hidden, batch)
         if cache is not None:
             cache.real[:, past:past + l] = True if mask is None else mask
             cache.seen += l if mask is None else mask.sum(1)
@@ -527,8 +545,8 @@ class BambaForCausalLM(nn.Module):
             cache.slot += l
             cache.padded = padded
         if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        return self.lm_head(self.model.final_layernorm(hidden, self.backend))
+            hidden, residual = hidden[:, -logits_to_keep:], residual[:, -logits_to_keep:]
+        return self.lm_head(self.model.final_layernorm(hidden, self.backend, residual)[0])
 
     def decode_step(self, input_ids: torch.Tensor, cache: BambaCache) -> torch.Tensor:
         """Logits (b, 1, vocab) of one new token per row (input_ids (b, 1)) after a filled cache.
@@ -544,12 +562,28 @@ class BambaForCausalLM(nn.Module):
         cos, sin = rotary_angles(positions, self.config, hidden.dtype)
         cache.real.index_fill_(1, cache.slot, True)
         batch = Batch(None, None, cache.real[:, None, None, :], cos, sin, positions, cache,
-                      self.strategy, self.chunk_size, self.backend, decode=True)
-        for layer in self.model.layers:
-            hidden = layer(hidden, batch)
+                      self.strategy, self.chunk_size, self.backend, self._decay_rates(), decode=True)
+        hidden, residual = self._decoder(hidden, batch)
         cache.seen += 1
         cache.slot += 1
-        return self.lm_head(self.model.final_layernorm(hidden, self.backend))
+        return self.lm_head(self.model.final_layernorm(hidden, self.backend, residual)[0])
+
+    def _decay_rates(self) -> dict[int, torch.Tensor]:
+        """A = −exp(A_log) of every Mamba2 layer, fp32, for all layers at once: per layer it took
+        three small kernels, a tenth of a decode step's launches."""
+        layers = [i for i in range(self.config.num_hidden_layers) if not self.config.is_attention(i)]
+        if not layers:
+            return {}
+        rates = -torch.exp(torch.stack([self.model.layers[i].mamba.A_log for i in layers]).float())
+        return dict(zip(layers, rates.unbind()))
+
+    def _decoder(self, hidden: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder layers: (the last layer's MLP output, the residual stream before it), which
+        the final norm adds."""
+        residual = None
+        for layer in self.model.layers:
+            hidden, residual = layer(hidden, batch, residual)
+        return hidden, residual
 
     @staticmethod
     def _padding(attention_mask, b, l, past, device):

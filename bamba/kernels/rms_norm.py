@@ -1,10 +1,12 @@
-"""RMSNorm and Mamba2's gated RMSNorm, each in one launch (inference on CUDA).
+"""RMSNorm (optionally after the residual stream's add), Mamba2's gated RMSNorm and SwiGLU's
+silu(gate)·up, each in one launch (inference on CUDA).
 
-PyTorch spells these norms as 8 and 12 elementwise kernels (casts, square, mean, rsqrt,
-products, and a cast of the weight). In a decode step each of those kernels moves a few KB and
-costs a few µs, so the norms were a large share of a token's time. These kernels evaluate the same
-expressions in the same dtypes as `BambaRMSNorm` / `BambaRMSNormGated`, one program per row and
-group, so they agree with them up to the order of the fp32 sum.
+PyTorch spells these as 8 (9 with the add), 12 and 2 elementwise kernels (casts, square, mean,
+rsqrt, products, and a cast of the weight). In a decode step each of those kernels moves a few KB
+and costs a few µs, so they were a large share of a token's time. These kernels evaluate the same
+expressions in the same dtypes as `BambaRMSNorm` / `BambaRMSNormGated` / `BambaMLP`, one program
+per row and group, so they agree with them up to the order of the fp32 sum (the add and silu·up:
+the same roundings).
 """
 from __future__ import annotations
 
@@ -12,19 +14,29 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import next_power_of_2
+from .utils import cdiv, next_power_of_2
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, gate_ptr, w_ptr, out_ptr, G, sx_row, sg_row, so_row, eps,
-                     GATED: tl.constexpr, BLOCK: tl.constexpr):
+def _silu(z):
+    """silu(z) = z / (1 + exp(−z)), as PyTorch computes it (fp32)."""
+    return z / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, gate_ptr, w_ptr, out_ptr, res_ptr, G, sx_row, sg_row, so_row, sr_row, eps,
+                     GATED: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.program_id(1) * G + tl.arange(0, BLOCK)
     ok = tl.arange(0, BLOCK) < G
-    h = tl.load(x_ptr + row * sx_row + cols, mask=ok, other=0.0).to(tl.float32)
-    if GATED:  # y·silu(gate), silu(z) = z / (1 + exp(−z)) as PyTorch computes it
-        z = tl.load(gate_ptr + row * sg_row + cols, mask=ok, other=0.0).to(tl.float32)
-        h = h * (z / (1.0 + tl.exp(-z)))
+    h = tl.load(x_ptr + row * sx_row + cols, mask=ok, other=0.0)
+    if RESIDUAL:  # residual + x rounded to x's dtype, as PyTorch adds them, written over the residual
+        r = tl.load(res_ptr + row * sr_row + cols, mask=ok, other=0.0)
+        h = (r.to(tl.float32) + h.to(tl.float32)).to(x_ptr.dtype.element_ty)
+        tl.store(res_ptr + row * sr_row + cols, h, mask=ok)
+    h = h.to(tl.float32)
+    if GATED:  # y·silu(gate)
+        h = h * _silu(tl.load(gate_ptr + row * sg_row + cols, mask=ok, other=0.0).to(tl.float32))
     h = h * tl.math.rsqrt(tl.sum(h * h, axis=0) / G + eps)
     w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     if GATED:  # weight.float() · h, then the gate's dtype
@@ -41,25 +53,61 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return r if r.stride(1) == 1 else r.contiguous()
 
 
-def _launch(x, gate, weight, group_size, eps, out_dtype):
+def _launch(x, gate, weight, group_size, eps, out_dtype, residual=None):
+    """(norm, residual stream). With a residual, the sum is written over it and, where the dtypes
+    allow, the norm over x: each program reads its row before writing it."""
     d = x.shape[-1]
     rows = _rows(x)
     gates = rows if gate is None else _rows(gate)
-    out = torch.empty(rows.shape, dtype=out_dtype, device=x.device)
+    res = rows if residual is None else _rows(residual)
+    in_place = residual is not None and out_dtype == x.dtype
+    out = rows if in_place else torch.empty(rows.shape, dtype=out_dtype, device=x.device)
     block = max(16, next_power_of_2(group_size))
     _rms_norm_kernel[(rows.shape[0], d // group_size)](
-        rows, gates, weight, out, group_size, rows.stride(0), gates.stride(0), out.stride(0), eps,
-        GATED=gate is not None, BLOCK=block, num_warps=min(16, max(1, block // 512)))
-    return out.view(x.shape)
+        rows, gates, weight, out, res, group_size, rows.stride(0), gates.stride(0), out.stride(0), res.stride(0),
+        eps, GATED=gate is not None, RESIDUAL=residual is not None, BLOCK=block,
+        num_warps=min(16, max(1, block // 512)))
+    return out.view(x.shape), res.view(x.shape)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """weight · (x / rms(x)).to(x.dtype) over the last dim; the dtype of weight · x."""
-    return _launch(x, None, weight, x.shape[-1], eps, torch.promote_types(weight.dtype, x.dtype))
+    return _launch(x, None, weight, x.shape[-1], eps, torch.promote_types(weight.dtype, x.dtype))[0]
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(s), s) for s = residual + x in x's dtype (x and residual of one shape and dtype).
+
+    Both inputs are consumed, as in the residual stream of a decoder: s is written over residual
+    and the norm over x (unless the weight's dtype promotes it), so the add allocates nothing and
+    keeps no more activations alive than the unfused add and norm."""
+    return _launch(x, None, weight, x.shape[-1], eps, torch.promote_types(weight.dtype, x.dtype), residual)
 
 
 def rms_norm_gated(y: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, group_size: int,
                    eps: float) -> torch.Tensor:
     """(weight · norm(y·silu(gate))) in gate's dtype, normalised per group of group_size channels
     of the last dim, computed in fp32."""
-    return _launch(y, gate, weight, group_size, eps, gate.dtype)
+    return _launch(y, gate, weight, group_size, eps, gate.dtype)[0]
+
+
+@triton.jit
+def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, D, sg_row, su_row, BLOCK: tl.constexpr):
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < D
+    row = tl.program_id(0)
+    g = tl.load(g_ptr + row * sg_row + cols, mask=ok, other=0.0)
+    u = tl.load(u_ptr + row * su_row + cols, mask=ok, other=0.0)
+    s = _silu(g.to(tl.float32)).to(g.dtype)  # silu's output is rounded to the input dtype, then multiplied
+    tl.store(out_ptr + row * D + cols, (s.to(tl.float32) * u.to(tl.float32)).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) · up (SwiGLU's product; one shape and dtype), rounded as PyTorch's two kernels round."""
+    g, u = _rows(gate), _rows(up)
+    out = torch.empty(g.shape, dtype=gate.dtype, device=gate.device)
+    block = min(4096, max(16, next_power_of_2(g.shape[1])))
+    _silu_mul_kernel[(g.shape[0], cdiv(g.shape[1], block))](g, u, out, g.shape[1], g.stride(0), u.stride(0),
+                                                          BLOCK=block, num_warps=8 if block >= 2048 else 4)
+    return out.view(gate.shape)

@@ -259,6 +259,28 @@ def test_from_config_is_seeded_and_config_round_trips(tmp_path):
     assert BambaConfig.from_dict(config.to_dict()) == config
 
 
+def test_decay_rates_per_mamba_layer_and_their_gradients():
+    """A = −exp(A_log) of each Mamba2 layer (attention layers have none), computed for all layers
+    at once; training still reaches every layer's A_log."""
+    config = BambaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, attn_layer_indices=[1], mamba_n_heads=4,
+                         mamba_d_state=16, mamba_chunk_size=16)
+    model = BambaForCausalLM.from_config(config, strategy="reference", seed=3, device=DEVICE)
+    with torch.no_grad():
+        for i in (0, 2):
+            model.model.layers[i].mamba.A_log.copy_(torch.randn(4))
+    rates = model._decay_rates()
+    assert sorted(rates) == [0, 2]
+    for i in (0, 2):
+        want = -torch.exp(model.model.layers[i].mamba.A_log.double())
+        torch.testing.assert_close(rates[i].double(), want, rtol=1e-6, atol=0)
+    model.requires_grad_(True)  # from_config builds an inference model
+    model(torch.randint(0, 64, (1, 20), device=DEVICE)).float().pow(2).mean().backward()
+    for i in (0, 2):
+        grad = model.model.layers[i].mamba.A_log.grad
+        assert grad is not None and grad.abs().sum() > 0
+
+
 def test_set_strategy(ckpts):
     model = load(ckpts[1][0], strategy="reference")
     assert model.chunk_size == 16  # the checkpoint's
