@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import STRATEGIES, causal_conv1d, causal_conv1d_update, ssd, ssd_step
+from .kernels.gemv import gemv
 from .kernels.rms_norm import add_rms_norm, rms_norm, rms_norm_gated, silu_mul
 from .ssd import check_backend, get_strategy
 
@@ -213,11 +214,20 @@ class Batch:
 
 
 def _one_launch(x: torch.Tensor, backend: str) -> bool:
-    """With the model's "triton" backend, the norms (with the residual add before them) and the
-    MLP's silu·up run as one Triton launch each on CUDA at inference (`kernels.rms_norm`: the same
-    expressions; it has no backward, so autograd keeps the PyTorch form, as does the "torch"
-    backend)."""
+    """With the model's "triton" backend, the norms (with the residual add before them), the
+    MLP's silu·up and one-row projections run as one Triton launch each on CUDA at inference
+    (`kernels.rms_norm`, `kernels.gemv`: the same expressions; they have no backward, so autograd
+    keeps the PyTorch form, as does the "torch" backend)."""
     return backend == "triton" and x.is_cuda and not torch.is_grad_enabled()
+
+
+class BambaLinear(nn.Linear):
+    """nn.Linear whose one-row calls (a batch-1 decode step) run `kernels.gemv`."""
+
+    def forward(self, x, backend: str = "torch"):
+        if self.bias is None and x.numel() == x.shape[-1] and _one_launch(x, backend):
+            return gemv(x, self.weight)
+        return super().forward(x)
 
 
 class BambaRMSNorm(nn.Module):
@@ -276,7 +286,7 @@ class BambaMixer(nn.Module):
         self.intermediate_size = config.mamba_expand * config.hidden_size
         self.conv_dim = self.intermediate_size + 2 * self.n_groups * self.d_state
         self.time_step_limit = config.time_step_limit
-        self.in_proj = nn.Linear(config.hidden_size, self.intermediate_size + self.conv_dim + self.num_heads,
+        self.in_proj = BambaLinear(config.hidden_size, self.intermediate_size + self.conv_dim + self.num_heads,
                                  bias=config.mamba_proj_bias)
         # nn.Conv1d only to keep HF's parameter layout (conv_dim, 1, k); causal_conv1d does the work.
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, config.mamba_d_conv, groups=self.conv_dim,
@@ -286,14 +296,15 @@ class BambaMixer(nn.Module):
         self.D = nn.Parameter(torch.ones(self.num_heads))
         self.norm = BambaRMSNormGated(self.intermediate_size, self.intermediate_size // self.n_groups,
                                       config.rms_norm_eps)
-        self.out_proj = nn.Linear(self.intermediate_size, config.hidden_size, bias=config.mamba_proj_bias)
+        self.out_proj = BambaLinear(self.intermediate_size, config.hidden_size, bias=config.mamba_proj_bias)
 
     def forward(self, hidden, batch: Batch):
         b, l, _ = hidden.shape
         cache, mask = batch.cache, batch.mask
         if mask is not None:
             hidden = hidden * mask[..., None]
-        gate, xBC, dt = self.in_proj(hidden).split([self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
+        gate, xBC, dt = self.in_proj(hidden, batch.backend).split(
+            [self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
         if mask is not None:  # pads feed the conv exactly what a sequence start does: zeros
             xBC = xBC * mask[..., None]
 
@@ -324,7 +335,7 @@ class BambaMixer(nn.Module):
             y = self._scan(x.view(b, l, self.num_heads, self.head_dim), dt, A,
                            B.view(b, l, self.n_groups, self.d_state), C.view(b, l, self.n_groups, self.d_state),
                            batch, ssm_args)
-        return self.out_proj(self.norm(y.reshape(b, l, -1), gate, batch.backend))
+        return self.out_proj(self.norm(y.reshape(b, l, -1), gate, batch.backend), batch.backend)
 
     def _scan(self, x, dt, A, B, C, batch: Batch, ssm_args):
         cache = batch.cache
@@ -380,16 +391,16 @@ class BambaAttention(nn.Module):
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
         bias = config.attention_bias
-        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.q_proj = BambaLinear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = BambaLinear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = BambaLinear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = BambaLinear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
 
     def forward(self, hidden, batch: Batch):
         b, l, _ = hidden.shape
-        q = self.q_proj(hidden).view(b, l, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(hidden).view(b, l, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(hidden).view(b, l, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(hidden, batch.backend).view(b, l, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(hidden, batch.backend).view(b, l, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(hidden, batch.backend).view(b, l, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, batch.cos, batch.sin), apply_rotary(k, batch.cos, batch.sin)
         cache = batch.cache
         if batch.decode:  # write at the device-side slot and attend to every cached key (mask: cache.real)
@@ -406,7 +417,7 @@ class BambaAttention(nn.Module):
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.attn_mask,
                                              is_causal=batch.attn_mask is None and l > 1)
-        return self.o_proj(out.transpose(1, 2).reshape(b, l, -1))
+        return self.o_proj(out.transpose(1, 2).reshape(b, l, -1), batch.backend)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,14 +429,14 @@ class BambaMLP(nn.Module):
 
     def __init__(self, config: BambaConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.gate_proj = BambaLinear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.up_proj = BambaLinear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = BambaLinear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x, backend: str = "torch"):
         # gate and up are temporaries of the expression: freed before down_proj allocates its output
         if _one_launch(x, backend):
-            return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
+            return self.down_proj(silu_mul(self.gate_proj(x, backend), self.up_proj(x, backend)), backend)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -475,7 +486,7 @@ class BambaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = BambaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = BambaLinear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.name_or_path = "random"
@@ -546,7 +557,7 @@ class BambaForCausalLM(nn.Module):
             cache.padded = padded
         if logits_to_keep:
             hidden, residual = hidden[:, -logits_to_keep:], residual[:, -logits_to_keep:]
-        return self.lm_head(self.model.final_layernorm(hidden, self.backend, residual)[0])
+        return self.lm_head(self.model.final_layernorm(hidden, self.backend, residual)[0], self.backend)
 
     def decode_step(self, input_ids: torch.Tensor, cache: BambaCache) -> torch.Tensor:
         """Logits (b, 1, vocab) of one new token per row (input_ids (b, 1)) after a filled cache.
@@ -566,7 +577,7 @@ class BambaForCausalLM(nn.Module):
         hidden, residual = self._decoder(hidden, batch)
         cache.seen += 1
         cache.slot += 1
-        return self.lm_head(self.model.final_layernorm(hidden, self.backend, residual)[0])
+        return self.lm_head(self.model.final_layernorm(hidden, self.backend, residual)[0], self.backend)
 
     def _decay_rates(self) -> dict[int, torch.Tensor]:
         """A = −exp(A_log) of every Mamba2 layer, fp32, for all layers at once: per layer it took
