@@ -1,10 +1,10 @@
 """x · Wᵀ for a single row of x: the weight projections of a batch-1 decode step.
 
 A decode step reads every weight once, so its projections are bound by memory. At one row
-cuBLAS's kernels read the weights at 0.53–0.93 of the H200's copy bandwidth (each timed alone,
-L2 flushed), the least for the narrower matrices; here each program streams BN whole rows of W in BK-wide steps, keeps a
-(BN × BK) fp32 partial sum, and reduces it once at the end. Same math as `F.linear` (fp32
-accumulation), another summation order.
+cuBLAS's kernels read the weights at 0.18–0.93 of the H200's copy bandwidth (each timed alone,
+L2 flushed), the least for the smaller matrices; here each program streams BN whole rows of W
+in BK-wide steps, keeps a (BN × BK) fp32 partial sum, and reduces it once at the end. Same math
+as `F.linear` (fp32 accumulation), another summation order.
 """
 from __future__ import annotations
 
