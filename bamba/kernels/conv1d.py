@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .utils import _fail, cdiv, next_power_of_2
+from .utils import _fail, cdiv, next_power_of_2, silu
 
 BACKENDS = ("triton", "reference")
 ACTIVATIONS = (None, "silu")
@@ -92,7 +92,7 @@ def _conv1d_fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, L, Dm,
     if HAS_BIAS:
         acc += tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
     if SILU:
-        acc = acc / (1.0 + tl.exp(-acc))
+        acc = silu(acc)
     tl.store(y_ptr + pid_b * sy_b + t[:, None] * sy_l + c[None, :] * sy_d,
              acc.to(y_ptr.dtype.element_ty), mask=(t < L)[:, None] & cmask[None, :])
 
@@ -118,7 +118,7 @@ def _conv1d_update_kernel(x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, Dm,
     if HAS_BIAS:
         acc += tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)
     if SILU:
-        acc = acc / (1.0 + tl.exp(-acc))
+        acc = silu(acc)
     tl.store(y_ptr + pid_b * sy_b + c * sy_d, acc.to(y_ptr.dtype.element_ty), mask=cmask)
 
 

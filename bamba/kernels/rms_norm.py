@@ -14,13 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import cdiv, next_power_of_2
-
-
-@triton.jit
-def _silu(z):
-    """silu(z) = z / (1 + exp(−z)), as PyTorch computes it (fp32)."""
-    return z / (1.0 + tl.exp(-z))
+from .utils import cdiv, next_power_of_2, silu
 
 
 @triton.jit
@@ -36,7 +30,7 @@ def _rms_norm_kernel(x_ptr, gate_ptr, w_ptr, out_ptr, res_ptr, G, sx_row, sg_row
         tl.store(res_ptr + row * sr_row + cols, h, mask=ok)
     h = h.to(tl.float32)
     if GATED:  # y·silu(gate)
-        h = h * _silu(tl.load(gate_ptr + row * sg_row + cols, mask=ok, other=0.0).to(tl.float32))
+        h = h * silu(tl.load(gate_ptr + row * sg_row + cols, mask=ok, other=0.0).to(tl.float32))
     h = h * tl.math.rsqrt(tl.sum(h * h, axis=0) / G + eps)
     w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     if GATED:  # weight.float() · h, then the gate's dtype
@@ -99,7 +93,7 @@ def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, D, sg_row, su_row, BLOCK: tl.constex
     row = tl.program_id(0)
     g = tl.load(g_ptr + row * sg_row + cols, mask=ok, other=0.0)
     u = tl.load(u_ptr + row * su_row + cols, mask=ok, other=0.0)
-    s = _silu(g.to(tl.float32)).to(g.dtype)  # silu's output is rounded to the input dtype, then multiplied
+    s = silu(g.to(tl.float32)).to(g.dtype)  # silu's output is rounded to the input dtype, then multiplied
     tl.store(out_ptr + row * D + cols, (s.to(tl.float32) * u.to(tl.float32)).to(out_ptr.dtype.element_ty), mask=ok)
 
 

@@ -131,6 +131,12 @@ def softplus_clamp(dt, DT_SOFTPLUS: tl.constexpr, dt_min, dt_max):
 
 
 @triton.jit
+def silu(z):
+    """silu(z) = z / (1 + exp(−z)), as PyTorch computes it (fp32)."""
+    return z / (1.0 + tl.exp(-z))
+
+
+@triton.jit
 def decay(e, EXP2: tl.constexpr):
     """exp(e) of a log-decay e <= 0 (2**e when the cumsum is in log2 units); e is clamped at 0,
     where rounding can leave it slightly above."""
