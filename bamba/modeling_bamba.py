@@ -226,7 +226,7 @@ class BambaLinear(nn.Linear):
 
     def forward(self, x, backend: str = "torch"):
         if self.bias is None and x.numel() == x.shape[-1] and _one_launch(x, backend):
-            return gemv(x, self.weight)
+            return gemv(x, self.weight, static_weight=True)
         return super().forward(x)
 
 

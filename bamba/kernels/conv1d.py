@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .utils import _fail, cdiv, next_power_of_2, silu
+from .ssd_common import dependent_launch
+from .utils import _fail, cdiv, next_power_of_2, silu, wait_for_inputs
 
 BACKENDS = ("triton", "reference")
 ACTIVATIONS = (None, "silu")
@@ -101,7 +102,8 @@ def _conv1d_fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, L, Dm,
 def _conv1d_update_kernel(x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, Dm,
                           sx_b, sx_d, sw_d, sw_k, ss_b, ss_d, ss_k, sy_b, sy_d,
                           K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-                          BD: tl.constexpr):
+                          BD: tl.constexpr, PDL: tl.constexpr):
+    wait_for_inputs(PDL)
     pid_b = tl.program_id(0)
     c = tl.program_id(1) * BD + tl.arange(0, BD)
     cmask = c < Dm
@@ -170,5 +172,5 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, *, activation="silu",
     _conv1d_update_kernel[(b, cdiv(d, BD))](
         x, weight, bias if bias is not None else weight, conv_state, y, d,
         *x.stride(), *weight.stride(), *conv_state.stride(), *y.stride(),
-        K=k, HAS_BIAS=bias is not None, SILU=activation == "silu", BD=BD)
+        K=k, HAS_BIAS=bias is not None, SILU=activation == "silu", BD=BD, **dependent_launch(x))
     return y

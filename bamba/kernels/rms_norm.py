@@ -14,12 +14,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import cdiv, next_power_of_2, silu
+from .ssd_common import dependent_launch
+from .utils import cdiv, next_power_of_2, silu, wait_for_inputs
 
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, gate_ptr, w_ptr, out_ptr, res_ptr, G, sx_row, sg_row, so_row, sr_row, eps,
-                     GATED: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+                     GATED: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_inputs(PDL)
     row = tl.program_id(0)
     cols = tl.program_id(1) * G + tl.arange(0, BLOCK)
     ok = tl.arange(0, BLOCK) < G
@@ -60,7 +62,7 @@ def _launch(x, gate, weight, group_size, eps, out_dtype, residual=None):
     _rms_norm_kernel[(rows.shape[0], d // group_size)](
         rows, gates, weight, out, res, group_size, rows.stride(0), gates.stride(0), out.stride(0), res.stride(0),
         eps, GATED=gate is not None, RESIDUAL=residual is not None, BLOCK=block,
-        num_warps=min(16, max(1, block // 512)))
+        num_warps=min(16, max(1, block // 512)), **dependent_launch(x))
     return out.view(x.shape), res.view(x.shape)
 
 
@@ -87,7 +89,8 @@ def rms_norm_gated(y: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, gr
 
 
 @triton.jit
-def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, D, sg_row, su_row, BLOCK: tl.constexpr):
+def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, D, sg_row, su_row, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_inputs(PDL)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < D
     row = tl.program_id(0)
@@ -103,5 +106,6 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     out = torch.empty(g.shape, dtype=gate.dtype, device=gate.device)
     block = min(4096, max(16, next_power_of_2(g.shape[1])))
     _silu_mul_kernel[(g.shape[0], cdiv(g.shape[1], block))](g, u, out, g.shape[1], g.stride(0), u.stride(0),
-                                                          BLOCK=block, num_warps=8 if block >= 2048 else 4)
+                                                          BLOCK=block, num_warps=8 if block >= 2048 else 4,
+                                                          **dependent_launch(gate))
     return out.view(gate.shape)

@@ -78,7 +78,8 @@ def fused_scratch(pr: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 @functools.lru_cache(maxsize=None)
-def has_tma(device: torch.device) -> bool:
+def sm90_or_newer(device: torch.device) -> bool:
+    """Hopper or newer: the tensor-memory accelerator (TMA) and programmatic dependent launch."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
@@ -112,7 +113,7 @@ def use_tma(pr: Prepared, fixed) -> bool:
     """Whether a launch offers TMA tiles: a fixed cfg asks for them itself (the tests run them
     under the interpreter), tuned calls on sm_90+ GPUs above TMA_MIN_WORK; either way only where
     descriptors can read the inputs."""
-    want = fixed.get("TMA", False) if fixed else (pr.b * pr.nchunks * pr.h >= TMA_MIN_WORK and has_tma(pr.x.device))
+    want = fixed.get("TMA", False) if fixed else (pr.b * pr.nchunks * pr.h >= TMA_MIN_WORK and sm90_or_newer(pr.x.device))
     return want and packed_views_ok(pr)
 
 
@@ -143,6 +144,19 @@ def launch_opts(num_warps: int, num_stages: int) -> dict:
     if INTERPRET:
         return {}
     return {"num_warps": num_warps, "num_stages": num_stages}
+
+
+# BAMBA_PDL=0 launches every kernel plainly (e.g. for a profiler that does not follow PDL).
+PDL = os.environ.get("BAMBA_PDL", "1") != "0"
+
+
+def dependent_launch(t: torch.Tensor) -> dict:
+    """Options for a kernel that starts with utils.wait_for_inputs: on sm_90+ GPUs it is launched
+    with programmatic dependent launch (PDL), elsewhere (and under the interpreter) plainly. For
+    the small kernels of a decode step, whose launch and ramp-up are a large part of their time."""
+    if INTERPRET or not PDL or not sm90_or_newer(t.device):
+        return {"PDL": False}
+    return {"PDL": True, "launch_pdl": True}
 
 
 # Chunks at least this long get tuned tiles on GPUs; shorter ones (the tests' tiny shapes)

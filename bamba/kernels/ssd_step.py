@@ -10,8 +10,8 @@ import triton
 import triton.language as tl
 
 from .ssd_chunk_cumsum import load_dt
-from .utils import cdiv, decay, kernel_dt_limit, next_power_of_2
-from .ssd_common import launch_opts
+from .ssd_common import dependent_launch, launch_opts
+from .utils import cdiv, decay, kernel_dt_limit, next_power_of_2, wait_for_inputs
 
 
 @triton.jit
@@ -20,7 +20,9 @@ def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                      sst_b, sst_h, sst_p, sst_n, sx_b, sx_h, sx_p, sdt_b, sdt_h,
                      sb_b, sb_g, sb_n, sc_b, sc_g, sc_n, sy_b, sy_h, sy_p,
                      HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                     HAS_RESET: tl.constexpr, ZERO: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+                     HAS_RESET: tl.constexpr, ZERO: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                     PDL: tl.constexpr):
+    wait_for_inputs(PDL)
     pid_b = tl.program_id(0)
     h = tl.program_id(1)
     ps = tl.program_id(2) * BP + tl.arange(0, BP)
@@ -71,5 +73,5 @@ def ssd_step_triton(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=Tru
         reset_t, y, *kernel_dt_limit(dt_limit), h, p, n, h // g,
         *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *y.stride(),
         HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
-        HAS_RESET=per_seq, ZERO=zero, BP=BP, BN=BN, **launch_opts(4, 1))
+        HAS_RESET=per_seq, ZERO=zero, BP=BP, BN=BN, **launch_opts(4, 1), **dependent_launch(x))
     return y

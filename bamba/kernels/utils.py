@@ -6,6 +6,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from . import INTERPRET
 
@@ -134,6 +135,17 @@ def softplus_clamp(dt, DT_SOFTPLUS: tl.constexpr, dt_min, dt_max):
 def silu(z):
     """silu(z) = z / (1 + exp(−z)), as PyTorch computes it (fp32)."""
     return z / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def wait_for_inputs(PDL: tl.constexpr):
+    """The first step of a kernel launched with programmatic dependent launch (ssd_common.
+    dependent_launch): the kernel may already be resident while the one before it in the stream
+    runs, which hides its launch behind that kernel's tail; it must not touch memory before that
+    kernel has finished (its writes are then visible). Then the next kernel may start launching."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 @triton.jit

@@ -12,11 +12,13 @@ def rand(device, *shape, dtype=torch.float32, seed=0):
     return torch.randn(*shape, generator=g).to(dtype=dtype, device=device)
 
 
+@pytest.mark.parametrize("static_weight", [False, True], ids=["weight_after_wait", "weight_before_wait"])
 @pytest.mark.parametrize("n, k", [(40, 48), (17, 3000), (1, 16)], ids=["40x48", "17x3000_three_steps", "1x16"])
-def test_gemv_matches_float64(device, n, k):
-    """Row counts not a multiple of the 16-row tile, K not a multiple of the step."""
+def test_gemv_matches_float64(device, n, k, static_weight):
+    """Row counts not a multiple of the 16-row tile, K not a multiple of the step; with a static
+    weight the first block is summed before the loop over the rest."""
     w, x = rand(device, n, k), rand(device, 1, 1, k, seed=1)
-    y = gemv(x, w)
+    y = gemv(x, w, static_weight=static_weight)
     assert y.shape == (1, 1, n) and y.dtype == torch.float32
     torch.testing.assert_close(y.double(), x.double() @ w.double().T, rtol=1e-5, atol=1e-4)
 
@@ -42,7 +44,7 @@ def test_linear_takes_the_kernel_only_for_one_row_without_bias(device, monkeypat
     import bamba.modeling_bamba as m
 
     calls = []
-    monkeypatch.setattr(m, "gemv", lambda x, w: calls.append(x.shape) or gemv(x, w))
+    monkeypatch.setattr(m, "gemv", lambda x, w, **kw: calls.append(x.shape) or gemv(x, w, **kw))
     monkeypatch.setattr(m, "_one_launch", lambda x, backend: backend == "triton")
     plain, biased = BambaLinear(32, 24, bias=False).to(device), BambaLinear(32, 24).to(device)
     one, two = rand(device, 1, 1, 32, seed=3), rand(device, 2, 1, 32, seed=4)

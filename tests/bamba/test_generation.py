@@ -79,6 +79,31 @@ def test_cuda_graph_decode_equals_eager(tok, strategy):
         texts(bamba.generate(model, tok, PROMPTS, cuda_graph=False, **kw))
 
 
+@pytest.mark.skipif(DEVICE != "cuda" or torch.cuda.get_device_capability()[0] < 9,
+                    reason="programmatic dependent launch needs a Hopper or newer GPU")
+def test_dependent_launch_changes_no_bit(tok, monkeypatch):
+    """Steps whose kernels start while the kernel ahead finishes (PDL; the one-row projections read
+    their first weight block before waiting for it) give the logits of plainly launched steps,
+    replayed from a CUDA graph too."""
+    from bamba.generation import GraphedDecoder
+    from bamba.kernels import ssd_common
+
+    model = tiny_model(strategy="default", chunk_size=16)
+    ids = torch.tensor([tok(PROMPTS[1])["input_ids"]], device=DEVICE)
+
+    def logits(pdl):
+        monkeypatch.setattr(ssd_common, "PDL", pdl)
+        cache = model.new_cache(1, ids.shape[1] + 12)
+        with torch.inference_mode():
+            out = [model(ids, cache=cache, logits_to_keep=1)]
+            decode = GraphedDecoder(model, cache)
+            for _ in range(12):
+                out.append(decode(out[-1][:, -1].argmax(-1, keepdim=True)).clone())
+        return torch.cat(out, 1)
+
+    assert torch.equal(logits(True), logits(False))
+
+
 @pytest.mark.parametrize("strategy", ["default", "independent"])
 def test_decode_step_reads_no_host_state(tok, strategy):
     """What a CUDA graph replays: kernels, not Python. So `decode_step` must take the write slot,
