@@ -113,7 +113,10 @@ def use_tma(pr: Prepared, fixed) -> bool:
     """Whether a launch offers TMA tiles: a fixed cfg asks for them itself (the tests run them
     under the interpreter), tuned calls on sm_90+ GPUs above TMA_MIN_WORK; either way only where
     descriptors can read the inputs."""
-    want = fixed.get("TMA", False) if fixed else (pr.b * pr.nchunks * pr.h >= TMA_MIN_WORK and sm90_or_newer(pr.x.device))
+    if fixed:
+        want = fixed.get("TMA", False)
+    else:
+        want = pr.b * pr.nchunks * pr.h >= TMA_MIN_WORK and sm90_or_newer(pr.x.device)
     return want and packed_views_ok(pr)
 
 
