@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import STRATEGIES, causal_conv1d, causal_conv1d_update, ssd, ssd_step
-from .kernels.gemv import gemv
+from .kernels.gemv import NormedRow, gemv, gemv_swiglu
 from .kernels.rms_norm import add_rms_norm, rms_norm, rms_norm_gated, silu_mul
 from .ssd import check_backend, get_strategy
 
@@ -215,16 +215,28 @@ class Batch:
 
 def _one_launch(x: torch.Tensor, backend: str) -> bool:
     """With the model's "triton" backend, the norms (with the residual add before them), the
-    MLP's silu·up and one-row projections run as one Triton launch each on CUDA at inference
-    (`kernels.rms_norm`, `kernels.gemv`: the same expressions; they have no backward, so autograd
-    keeps the PyTorch form, as does the "torch" backend)."""
+    MLP's silu·up (for one row: with its gate and up projections) and one-row projections run as
+    one Triton launch each on CUDA at inference (`kernels.rms_norm`, `kernels.gemv`: the same
+    expressions; they have no backward, so autograd keeps the PyTorch form, as does the "torch"
+    backend)."""
     return backend == "triton" and x.is_cuda and not torch.is_grad_enabled()
 
 
+def _deferred(x: torch.Tensor, weight: torch.Tensor, backend: str, defer: bool) -> bool:
+    """Whether a norm of a decode step leaves its work to the projections that read it
+    (`kernels.gemv.NormedRow`): one row, in the weight's dtype, under `_one_launch`. That saves a
+    launch per norm, a few µs of each step."""
+    return defer and x.numel() == x.shape[-1] and weight.dtype == x.dtype and _one_launch(x, backend)
+
+
 class BambaLinear(nn.Linear):
-    """nn.Linear whose one-row calls (a batch-1 decode step) run `kernels.gemv`."""
+    """nn.Linear whose one-row calls (a batch-1 decode step) run `kernels.gemv`, which also takes
+    a row whose norm is still to apply (`NormedRow`)."""
 
     def forward(self, x, backend: str = "torch"):
+        if isinstance(x, NormedRow):
+            y = gemv(x, self.weight, static_weight=True)
+            return y if self.bias is None else y + self.bias
         if self.bias is None and x.numel() == x.shape[-1] and _one_launch(x, backend):
             return gemv(x, self.weight, static_weight=True)
         return super().forward(x)
@@ -236,9 +248,14 @@ class BambaRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x, backend: str = "torch", residual=None):
+    def forward(self, x, backend: str = "torch", residual=None, defer: bool = False):
         """norm(x); with `residual`: (norm(s), s) for the residual stream s = residual + x (the
-        one-launch form consumes both: s is written over residual, the norm over x)."""
+        one-launch form consumes both: s is written over residual, the norm over x). With `defer`,
+        a one-row norm may come back as a `NormedRow` for the projections that read it (each of
+        them writes s)."""
+        if _deferred(x, self.weight, backend, defer):
+            row = NormedRow(x, self.weight, self.eps, residual=residual)
+            return row if residual is None else (row, row.stream)
         if residual is not None:
             if _one_launch(x, backend):
                 return add_rms_norm(x, residual, self.weight, self.eps)
@@ -260,7 +277,9 @@ class BambaRMSNormGated(nn.Module):
         self.group_size = group_size
         self.eps = eps
 
-    def forward(self, y, gate, backend: str = "torch"):
+    def forward(self, y, gate, backend: str = "torch", defer: bool = False):
+        if self.group_size == y.shape[-1] and gate.dtype == y.dtype and _deferred(y, self.weight, backend, defer):
+            return NormedRow(y, self.weight, self.eps, gate=gate)
         if _one_launch(y, backend):
             return rms_norm_gated(y, gate, self.weight, self.group_size, self.eps)
         h = y.float() * F.silu(gate.float())
@@ -335,7 +354,7 @@ class BambaMixer(nn.Module):
             y = self._scan(x.view(b, l, self.num_heads, self.head_dim), dt, A,
                            B.view(b, l, self.n_groups, self.d_state), C.view(b, l, self.n_groups, self.d_state),
                            batch, ssm_args)
-        return self.out_proj(self.norm(y.reshape(b, l, -1), gate, batch.backend), batch.backend)
+        return self.out_proj(self.norm(y.reshape(b, l, -1), gate, batch.backend, batch.decode), batch.backend)
 
     def _scan(self, x, dt, A, B, C, batch: Batch, ssm_args):
         cache = batch.cache
@@ -435,8 +454,12 @@ class BambaMLP(nn.Module):
 
     def forward(self, x, backend: str = "torch"):
         # gate and up are temporaries of the expression: freed before down_proj allocates its output
-        if _one_launch(x, backend):
-            return self.down_proj(silu_mul(self.gate_proj(x, backend), self.up_proj(x, backend)), backend)
+        if isinstance(x, NormedRow) or _one_launch(x, backend):
+            if x.shape[:-1].numel() == 1 and self.gate_proj.bias is None and self.up_proj.bias is None:
+                h = gemv_swiglu(x, self.gate_proj.weight, self.up_proj.weight, static_weight=True)
+            else:
+                h = silu_mul(self.gate_proj(x, backend), self.up_proj(x, backend))
+            return self.down_proj(h, backend)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -459,10 +482,10 @@ class BambaDecoderLayer(nn.Module):
         layer's input, or with `residual` the previous layer's MLP output, still to be added."""
         mixer = self.self_attn if hasattr(self, "self_attn") else self.mamba
         if residual is None:
-            h, residual = self.input_layernorm(hidden, batch.backend), hidden
+            h, residual = self.input_layernorm(hidden, batch.backend, defer=batch.decode), hidden
         else:
-            h, residual = self.input_layernorm(hidden, batch.backend, residual)
-        h, residual = self.pre_ff_layernorm(mixer(h, batch), batch.backend, residual)
+            h, residual = self.input_layernorm(hidden, batch.backend, residual, batch.decode)
+        h, residual = self.pre_ff_layernorm(mixer(h, batch), batch.backend, residual, batch.decode)
         return self.feed_forward(h, batch.backend), residual
 
 
@@ -577,7 +600,7 @@ class BambaForCausalLM(nn.Module):
         hidden, residual = self._decoder(hidden, batch)
         cache.seen += 1
         cache.slot += 1
-        return self.lm_head(self.model.final_layernorm(hidden, self.backend, residual)[0], self.backend)
+        return self.lm_head(self.model.final_layernorm(hidden, self.backend, residual, True)[0], self.backend)
 
     def _decay_rates(self) -> dict[int, torch.Tensor]:
         """A = −exp(A_log) of every Mamba2 layer, fp32, for all layers at once: per layer it took

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .ssd_common import dependent_launch
-from .utils import cdiv, next_power_of_2, silu, wait_for_inputs
+from .utils import cdiv, next_power_of_2, silu, swiglu, wait_for_inputs
 
 
 @triton.jit
@@ -96,8 +96,7 @@ def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, D, sg_row, su_row, BLOCK: tl.constex
     row = tl.program_id(0)
     g = tl.load(g_ptr + row * sg_row + cols, mask=ok, other=0.0)
     u = tl.load(u_ptr + row * su_row + cols, mask=ok, other=0.0)
-    s = silu(g.to(tl.float32)).to(g.dtype)  # silu's output is rounded to the input dtype, then multiplied
-    tl.store(out_ptr + row * D + cols, (s.to(tl.float32) * u.to(tl.float32)).to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out_ptr + row * D + cols, swiglu(g, u).to(out_ptr.dtype.element_ty), mask=ok)
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

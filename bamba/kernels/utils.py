@@ -138,6 +138,13 @@ def silu(z):
 
 
 @triton.jit
+def swiglu(g, u):
+    """silu(g)·u in fp32 from operands in the activations' dtype, with silu's output rounded to that
+    dtype first, as PyTorch's two kernels round it."""
+    return silu(g.to(tl.float32)).to(g.dtype).to(tl.float32) * u.to(tl.float32)
+
+
+@triton.jit
 def wait_for_inputs(PDL: tl.constexpr):
     """The first step of a kernel launched with programmatic dependent launch (ssd_common.
     dependent_launch): the kernel may already be resident while the one before it in the stream

@@ -104,6 +104,49 @@ def test_dependent_launch_changes_no_bit(tok, monkeypatch):
     assert torch.equal(logits(True), logits(False))
 
 
+@pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "biased_projections"])
+def test_deferred_norms_give_the_logits_of_launched_norms(tok, monkeypatch, bias):
+    """A batch-1 decode step leaves its norms (and residual adds) to the projections that read them
+    and runs SwiGLU in one launch; its logits are those of norms launched on their own, within fp32
+    rounding (only the order of the sums of squares differs). On the CPU the one-launch forms run
+    under the interpreter."""
+    import dataclasses
+
+    import bamba.modeling_bamba as m
+    from bamba.tiny import tiny_config
+
+    if DEVICE == "cpu":
+        monkeypatch.setattr(m, "_one_launch", lambda x, backend: backend == "triton" and not torch.is_grad_enabled())
+    config = dataclasses.replace(tiny_config().truncated(3), attention_bias=bias, mlp_bias=bias, mamba_proj_bias=bias)
+    model = m.BambaForCausalLM.from_config(config, strategy="default", chunk_size=16, device=DEVICE, seed=1)
+    model.set_strategy("default", 16, backend="triton")
+    ids = torch.tensor([tok(PROMPTS[0])["input_ids"]], device=DEVICE)
+    deferred = []
+
+    class CountedRow(m.NormedRow):
+        def __init__(self, *args, **kwargs):
+            deferred.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(m, "NormedRow", CountedRow)
+    real_deferred = m._deferred
+
+    def logits(defer):
+        monkeypatch.setattr(m, "_deferred", real_deferred if defer else lambda *a: False)
+        cache = model.new_cache(1, ids.shape[1] + 3)
+        with torch.inference_mode():
+            out = [model(ids, cache=cache, logits_to_keep=1)]
+            for _ in range(3):
+                out.append(model(out[-1][:, -1].argmax(-1, keepdim=True), cache=cache))
+        return torch.cat(out, 1)
+
+    want = logits(False)
+    assert not deferred
+    got = logits(True)
+    assert len(deferred) == 3 * (2 * 3 + 2 + 1)  # per step: 2 per layer, a gated one per Mamba layer, the final one
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("strategy", ["default", "independent"])
 def test_decode_step_reads_no_host_state(tok, strategy):
     """What a CUDA graph replays: kernels, not Python. So `decode_step` must take the write slot,
