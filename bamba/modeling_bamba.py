@@ -433,9 +433,13 @@ class BambaAttention(nn.Module):
             k, v = cache.keys[self.layer][:, :, :past + l], cache.values[self.layer][:, :, :past + l]
         # Each KV head serves num_heads // num_kv_heads consecutive query heads (HF's repeat_kv).
         rep = self.num_heads // self.num_kv_heads
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.attn_mask,
-                                             is_causal=batch.attn_mask is None and l > 1)
+        if l == 1:  # those heads' queries become rep queries of their KV head: no copy of the cache
+            out = F.scaled_dot_product_attention(q.reshape(b, self.num_kv_heads, rep, self.head_dim), k, v,
+                                                 attn_mask=batch.attn_mask).reshape(b, self.num_heads, 1, -1)
+        else:
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.attn_mask,
+                                                 is_causal=batch.attn_mask is None)
         return self.o_proj(out.transpose(1, 2).reshape(b, l, -1), batch.backend)
 
 

@@ -155,6 +155,19 @@ def test_logits_match_transformers(ckpts, strategy, g):
         assert_logits_close(ours(ids, logits_to_keep=1), expected[:, -1:])
 
 
+def test_one_token_with_cache_matches_transformers(ckpts):
+    """A one-token step attends with each KV head's query heads as that head's queries (no copy of
+    the cached keys); its logits are transformers' for the same position, after a cached prefix."""
+    path, hf = ckpts[1]
+    ids = ids_of(PROMPTS[1])
+    ours = load(path, strategy="reference")
+    with torch.no_grad():
+        expected = hf(ids).logits[:, -1:]
+        cache = ours.new_cache(1, ids.shape[1])
+        ours(ids[:, :-1], cache=cache, logits_to_keep=1)
+        assert_logits_close(ours(ids[:, -1:], cache=cache), expected)
+
+
 def test_greedy_matches_transformers_with_and_without_cache(ckpts):
     path, hf = ckpts[2]
     ours = load(path, strategy="reference")
