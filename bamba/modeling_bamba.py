@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import STRATEGIES, causal_conv1d, causal_conv1d_update, ssd, ssd_step
+from .kernels.decode_attention import decode_attention
 from .kernels.gemv import NormedRow, gemv, gemv_swiglu
 from .kernels.rms_norm import add_rms_norm, rms_norm, rms_norm_gated, silu_mul
 from .ssd import check_backend, get_strategy
@@ -216,9 +217,9 @@ class Batch:
 def _one_launch(x: torch.Tensor, backend: str) -> bool:
     """With the model's "triton" backend, the norms (with the residual add before them), the
     MLP's silu·up (for one row: with its gate and up projections) and one-row projections run as
-    one Triton launch each on CUDA at inference (`kernels.rms_norm`, `kernels.gemv`: the same
-    expressions; they have no backward, so autograd keeps the PyTorch form, as does the "torch"
-    backend)."""
+    one Triton launch each, one-token attention as two, on CUDA at inference (`kernels.rms_norm`,
+    `kernels.gemv`, `kernels.decode_attention`: the same expressions; they have no backward, so
+    autograd keeps the PyTorch form, as does the "torch" backend)."""
     return backend == "triton" and x.is_cuda and not torch.is_grad_enabled()
 
 
@@ -434,8 +435,13 @@ class BambaAttention(nn.Module):
         # Each KV head serves num_heads // num_kv_heads consecutive query heads (HF's repeat_kv).
         rep = self.num_heads // self.num_kv_heads
         if l == 1:  # those heads' queries become rep queries of their KV head: no copy of the cache
-            out = F.scaled_dot_product_attention(q.reshape(b, self.num_kv_heads, rep, self.head_dim), k, v,
-                                                 attn_mask=batch.attn_mask).reshape(b, self.num_heads, 1, -1)
+            q = q.reshape(b, self.num_kv_heads, rep, self.head_dim)
+            if _one_launch(q, batch.backend):
+                mask = batch.attn_mask[:, 0, 0] if batch.attn_mask is not None else None
+                out = decode_attention(q, k, v, mask)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.attn_mask)
+            out = out.reshape(b, self.num_heads, 1, -1)
         else:
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.attn_mask,
