@@ -26,6 +26,7 @@ from . import STRATEGIES, causal_conv1d, causal_conv1d_update, ssd, ssd_step
 from .kernels.decode_attention import decode_attention
 from .kernels.gemv import NormedRow, gemv, gemv_swiglu
 from .kernels.rms_norm import add_rms_norm, rms_norm, rms_norm_gated, silu_mul
+from .kernels.rotary import rotary_step
 from .ssd import check_backend, get_strategy
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -421,17 +422,23 @@ class BambaAttention(nn.Module):
         q = self.q_proj(hidden, batch.backend).view(b, l, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden, batch.backend).view(b, l, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(hidden, batch.backend).view(b, l, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, batch.cos, batch.sin), apply_rotary(k, batch.cos, batch.sin)
         cache = batch.cache
         if batch.decode:  # write at the device-side slot and attend to every cached key (mask: cache.real)
-            cache.keys[self.layer].index_copy_(2, cache.slot, k)
-            cache.values[self.layer].index_copy_(2, cache.slot, v)
-            k, v = cache.keys[self.layer], cache.values[self.layer]
-        elif cache is not None:
-            past = cache.length
-            cache.keys[self.layer][:, :, past:past + l] = k
-            cache.values[self.layer][:, :, past:past + l] = v
-            k, v = cache.keys[self.layer][:, :, :past + l], cache.values[self.layer][:, :, :past + l]
+            keys, values = cache.keys[self.layer], cache.values[self.layer]
+            if _one_launch(q, batch.backend):  # rotary and both writes in one launch
+                q = rotary_step(q, k, v, batch.cos, batch.sin, keys, values, cache.slot)
+            else:
+                q, k = apply_rotary(q, batch.cos, batch.sin), apply_rotary(k, batch.cos, batch.sin)
+                keys.index_copy_(2, cache.slot, k)
+                values.index_copy_(2, cache.slot, v)
+            k, v = keys, values
+        else:
+            q, k = apply_rotary(q, batch.cos, batch.sin), apply_rotary(k, batch.cos, batch.sin)
+            if cache is not None:
+                past = cache.length
+                cache.keys[self.layer][:, :, past:past + l] = k
+                cache.values[self.layer][:, :, past:past + l] = v
+                k, v = cache.keys[self.layer][:, :, :past + l], cache.values[self.layer][:, :, :past + l]
         # Each KV head serves num_heads // num_kv_heads consecutive query heads (HF's repeat_kv).
         rep = self.num_heads // self.num_kv_heads
         if l == 1:  # those heads' queries become rep queries of their KV head: no copy of the cache
