@@ -134,7 +134,7 @@ def _gemv_kernel(w_ptr, up_ptr, x_ptr, res_ptr, gate_ptr, nw_ptr, stream_ptr, y_
 
 # 16 rows by 1,024 columns, 8 warps: the best tile of a sweep on the H200 for 5 of the 7 decode
 # shapes of Bamba-9B (with three or four steps in flight). Chains of one shape over distinct weights
-# preferred 4 × 2,048 tiles by 1-6 %, but whole 32-layer decode steps were 2 % slower with them.
+# preferred 4 × 2,048 tiles by 1-6 %, but whole 32-layer decode steps were 4 % slower with them.
 BN, BK_MAX, NUM_WARPS, NUM_STAGES = 16, 1024, 8, 4
 
 
