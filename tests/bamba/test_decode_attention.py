@@ -3,11 +3,7 @@ import pytest
 import torch
 
 from bamba.kernels.decode_attention import decode_attention
-
-
-def rand(device, *shape, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).to(dtype=dtype, device=device)
+from kernel_checks import rand
 
 
 def attention64(q, k, v, mask):

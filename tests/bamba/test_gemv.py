@@ -6,13 +6,7 @@ import torch
 from bamba.kernels.gemv import NormedRow, gemv, gemv_swiglu
 from bamba.kernels.rms_norm import add_rms_norm, rms_norm, rms_norm_gated, silu_mul
 from bamba.modeling_bamba import BambaLinear
-
-EPS = 1e-5
-
-
-def rand(device, *shape, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).to(dtype=dtype, device=device)
+from kernel_checks import EPS, norm64, rand
 
 
 @pytest.mark.parametrize("static_weight", [False, True], ids=["weight_after_wait", "weight_before_wait"])
@@ -57,11 +51,6 @@ def test_linear_takes_the_kernel_only_for_one_row_without_bias(device, monkeypat
                                        rtol=1e-5, atol=1e-5)
         plain(one, "torch")
     assert calls == [(1, 1, 32)]
-
-
-def norm64(h, weight):
-    h = h.double()
-    return weight.double() * h / h.pow(2).mean(-1, keepdim=True).add(EPS).sqrt()
 
 
 @pytest.mark.parametrize("static_weight", [False, True], ids=["weight_after_wait", "weight_before_wait"])

@@ -7,28 +7,7 @@ import torch.nn.functional as F
 
 from bamba.kernels.rms_norm import add_rms_norm, rms_norm, rms_norm_gated, silu_mul
 from bamba.modeling_bamba import BambaMLP, BambaRMSNorm, BambaRMSNormGated
-
-EPS = 1e-5
-
-
-def rand(device, *shape, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).to(dtype=dtype, device=device)
-
-
-def assert_rounded_as_torch_rounds(got, want):
-    """Bit for bit on the GPU (fp32 results rounded to nearest-even, as PyTorch rounds). The
-    interpreter truncates fp32 -> bf16 conversions instead, so there: within one bf16 unit."""
-    if got.is_cuda or got.dtype == torch.float32:
-        assert torch.equal(got, want)
-    else:
-        torch.testing.assert_close(got.float(), want.float(), rtol=2 ** -7, atol=0)
-
-
-def norm64(h, weight, group_size):
-    h = h.double().unflatten(-1, (-1, group_size))
-    h = h / h.pow(2).mean(-1, keepdim=True).add(EPS).sqrt()
-    return weight.double() * h.flatten(-2)
+from kernel_checks import EPS, assert_rounded_as_torch_rounds, norm64, rand
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 48), (3, 40), (1, 1, 4096)], ids=["b2l5d48", "d40", "d4096"])

@@ -5,21 +5,11 @@ import torch
 
 from bamba.kernels.rotary import rotary_step
 from bamba.modeling_bamba import apply_rotary
+from kernel_checks import assert_rounded_as_torch_rounds, rand
 
 
-def rand(device, *shape, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).to(dtype=dtype, device=device)
-
-
-def assert_rounded_as_torch_rounds(got, want):
-    """Bit for bit on the GPU and in fp32. The interpreter truncates fp32 -> bf16 conversions, so
-    in bf16 on the CPU: within one bf16 unit of each product (below 16 for these inputs: 1/16)
-    and of the sum."""
-    if got.is_cuda or got.dtype == torch.float32:
-        assert torch.equal(got, want)
-    else:
-        torch.testing.assert_close(got.float(), want.float(), rtol=2 ** -6, atol=2 / 16)
+# The interpreter truncates each product to bf16; products below 16 for these inputs: 1/16 each.
+CPU_ATOL = 2 / 16
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -36,8 +26,8 @@ def test_matches_apply_rotary_and_index_copy(device, dtype, b, h, hkv, d, r):
     want_values.index_copy_(2, slot, v)
     got = rotary_step(q, k, v, cos, sin, keys, values, slot)
     assert got.shape == q.shape and got.dtype == dtype
-    assert_rounded_as_torch_rounds(got, apply_rotary(q, cos, sin))
-    assert_rounded_as_torch_rounds(keys, want_keys)  # the other slots untouched
+    assert_rounded_as_torch_rounds(got, apply_rotary(q, cos, sin), CPU_ATOL)
+    assert_rounded_as_torch_rounds(keys, want_keys, CPU_ATOL)  # the other slots untouched
     assert torch.equal(values, want_values)
 
 
