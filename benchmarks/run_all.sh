@@ -3,7 +3,7 @@
 # Usage: benchmarks/run_all.sh OUT_DIR [PART...]   parts: distributed, main, model (default: all)
 #   distributed  generate/score speed-up over the node's GPUs (needs every GPU)
 #   main         on GPU 1 the scorer benchmark while GPU 0 runs the test suite and the SSD benchmark
-#   model        the 4-layer model at Bamba-9B dims and one-token attention, on GPU 0
+#   model        the 4-layer model at Bamba-9B dims, one-token attention, the decode-step ablation; GPU 0
 # Logs and JSON land in OUT_DIR; each step's tail is printed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,7 +33,9 @@ for part in $parts; do
     model)
         CUDA_VISIBLE_DEVICES=0 step model 240 python3 benchmarks/model.py --no-transformers --out "$out/model.json"
         CUDA_VISIBLE_DEVICES=0 step decode_attention 60 python3 benchmarks/decode_attention.py \
-            --out "$out/decode_attention.json" ;;
+            --out "$out/decode_attention.json"
+        CUDA_VISIBLE_DEVICES=0 step decode_step 300 python3 benchmarks/decode_step.py --layers 32 --lengths 1024,4096 \
+            --out "$out/decode_step.json" ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
     esac
 done
