@@ -19,8 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .rms_norm import inverse_rms, norm_input, weighted
 from .ssd_common import dependent_launch, launch_opts
-from .utils import cdiv, next_power_of_2, silu, swiglu, wait_for_inputs
+from .utils import cdiv, next_power_of_2, swiglu, wait_for_inputs
 
 
 class NormedRow:
@@ -56,28 +57,16 @@ def _weight_block(w_ptr, rows, row_ok, k0, K, sw_n, BK: tl.constexpr):
 
 
 @triton.jit
-def _norm_input(x_ptr, res_ptr, gate_ptr, ks, ok, RESIDUAL: tl.constexpr, GATED: tl.constexpr):
-    """h in fp32 over columns ks: x, residual + x rounded to x's dtype, or x·silu(gate)."""
-    h = tl.load(x_ptr + ks, mask=ok, other=0.0)
-    if RESIDUAL:
-        h = (tl.load(res_ptr + ks, mask=ok, other=0.0).to(tl.float32) + h.to(tl.float32)).to(x_ptr.dtype.element_ty)
-    h = h.to(tl.float32)
-    if GATED:
-        h = h * silu(tl.load(gate_ptr + ks, mask=ok, other=0.0).to(tl.float32))
-    return h
-
-
-@triton.jit
-def _inverse_rms(x_ptr, res_ptr, gate_ptr, stream_ptr, K, eps, RESIDUAL: tl.constexpr, GATED: tl.constexpr,
-                 KB: tl.constexpr):
+def _row_inverse_rms(x_ptr, res_ptr, gate_ptr, stream_ptr, K, eps, RESIDUAL: tl.constexpr, GATED: tl.constexpr,
+                     KB: tl.constexpr):
     """1/rms(h) of the whole row; program 0 writes residual + x to the stream."""
     ks = tl.arange(0, KB)
     ok = ks < K
-    h = _norm_input(x_ptr, res_ptr, gate_ptr, ks, ok, RESIDUAL, GATED)
+    h = norm_input(x_ptr, res_ptr, gate_ptr, ks, ok, RESIDUAL, GATED)
     if RESIDUAL:
         if tl.program_id(0) == 0:
             tl.store(stream_ptr + ks, h.to(stream_ptr.dtype.element_ty), mask=ok)
-    return tl.math.rsqrt(tl.sum(h * h, axis=0) / K + eps)
+    return inverse_rms(h, K, eps)
 
 
 @triton.jit
@@ -85,11 +74,10 @@ def _partial_sum(acc, w, x_ptr, res_ptr, gate_ptr, nw_ptr, inv_rms, k0, K, BK: t
                  RESIDUAL: tl.constexpr, GATED: tl.constexpr):
     ks = k0 + tl.arange(0, BK)
     ok = ks < K
-    if NORM:  # as kernels.rms_norm: weight · h.to(x's dtype) (gated: weight · h in fp32), in x's dtype
-        h = _norm_input(x_ptr, res_ptr, gate_ptr, ks, ok, RESIDUAL, GATED) * inv_rms
-        if not GATED:
-            h = h.to(x_ptr.dtype.element_ty).to(tl.float32)
-        xv = (tl.load(nw_ptr + ks, mask=ok, other=0.0).to(tl.float32) * h).to(x_ptr.dtype.element_ty)
+    if NORM:  # as kernels.rms_norm computes it, in x's dtype
+        h = norm_input(x_ptr, res_ptr, gate_ptr, ks, ok, RESIDUAL, GATED) * inv_rms
+        xv = weighted(h, tl.load(nw_ptr + ks, mask=ok, other=0.0), x_ptr.dtype.element_ty, GATED)
+        xv = xv.to(x_ptr.dtype.element_ty)
     else:
         xv = tl.load(x_ptr + ks, mask=ok, other=0.0)
     return acc + w.to(tl.float32) * xv.to(tl.float32)[None, :]
@@ -113,7 +101,7 @@ def _gemv_kernel(w_ptr, up_ptr, x_ptr, res_ptr, gate_ptr, nw_ptr, stream_ptr, y_
     wait_for_inputs(PDL)
     inv_rms = 1.0
     if NORM:
-        inv_rms = _inverse_rms(x_ptr, res_ptr, gate_ptr, stream_ptr, K, eps, RESIDUAL, GATED, KB)
+        inv_rms = _row_inverse_rms(x_ptr, res_ptr, gate_ptr, stream_ptr, K, eps, RESIDUAL, GATED, KB)
     if EARLY:
         acc = _partial_sum(acc, w, x_ptr, res_ptr, gate_ptr, nw_ptr, inv_rms, 0, K, BK, NORM, RESIDUAL, GATED)
         if SWIGLU:

@@ -19,26 +19,47 @@ from .utils import cdiv, next_power_of_2, silu, swiglu, wait_for_inputs
 
 
 @triton.jit
+def norm_input(x_ptr, res_ptr, gate_ptr, cols, ok, RESIDUAL: tl.constexpr, GATED: tl.constexpr):
+    """The norm's input h in fp32 over columns cols of one row: x; with RESIDUAL, residual + x
+    rounded to x's dtype, as PyTorch adds them (the residual stream's next value, exact in fp32);
+    with GATED, x·silu(gate)."""
+    h = tl.load(x_ptr + cols, mask=ok, other=0.0)
+    if RESIDUAL:
+        h = (tl.load(res_ptr + cols, mask=ok, other=0.0).to(tl.float32) + h.to(tl.float32)).to(x_ptr.dtype.element_ty)
+    h = h.to(tl.float32)
+    if GATED:
+        h = h * silu(tl.load(gate_ptr + cols, mask=ok, other=0.0).to(tl.float32))
+    return h
+
+
+@triton.jit
+def inverse_rms(h, size, eps):
+    """1 / rms(h) over the size values of h (h is zero past them)."""
+    return tl.math.rsqrt(tl.sum(h * h, axis=0) / size + eps)
+
+
+@triton.jit
+def weighted(h, w, x_dtype, GATED: tl.constexpr):
+    """The normalised h times the norm's weight w, in fp32 before the output's rounding: gated,
+    weight.float() · h; else weight · h.to(x's dtype)."""
+    if GATED:
+        return w.to(tl.float32) * h
+    return w.to(tl.float32) * h.to(x_dtype).to(tl.float32)
+
+
+@triton.jit
 def _rms_norm_kernel(x_ptr, gate_ptr, w_ptr, out_ptr, res_ptr, G, sx_row, sg_row, so_row, sr_row, eps,
                      GATED: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     wait_for_inputs(PDL)
     row = tl.program_id(0)
     cols = tl.program_id(1) * G + tl.arange(0, BLOCK)
     ok = tl.arange(0, BLOCK) < G
-    h = tl.load(x_ptr + row * sx_row + cols, mask=ok, other=0.0)
-    if RESIDUAL:  # residual + x rounded to x's dtype, as PyTorch adds them, written over the residual
-        r = tl.load(res_ptr + row * sr_row + cols, mask=ok, other=0.0)
-        h = (r.to(tl.float32) + h.to(tl.float32)).to(x_ptr.dtype.element_ty)
-        tl.store(res_ptr + row * sr_row + cols, h, mask=ok)
-    h = h.to(tl.float32)
-    if GATED:  # y·silu(gate)
-        h = h * silu(tl.load(gate_ptr + row * sg_row + cols, mask=ok, other=0.0).to(tl.float32))
-    h = h * tl.math.rsqrt(tl.sum(h * h, axis=0) / G + eps)
-    w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-    if GATED:  # weight.float() · h, then the gate's dtype
-        out = w * h
-    else:  # weight · h.to(x.dtype), in the promoted dtype of the two
-        out = w * h.to(x_ptr.dtype.element_ty).to(tl.float32)
+    h = norm_input(x_ptr + row * sx_row, res_ptr + row * sr_row, gate_ptr + row * sg_row, cols, ok, RESIDUAL, GATED)
+    if RESIDUAL:  # the sum, written over the residual
+        tl.store(res_ptr + row * sr_row + cols, h.to(res_ptr.dtype.element_ty), mask=ok)
+    out = weighted(h * inverse_rms(h, G, eps), tl.load(w_ptr + cols, mask=ok, other=0.0), x_ptr.dtype.element_ty,
+                   GATED)
+    # gated: in the gate's dtype; else in the promoted dtype of weight and x
     tl.store(out_ptr + row * so_row + cols, out.to(out_ptr.dtype.element_ty), mask=ok)
 
 
