@@ -3,8 +3,8 @@
 Shapes of a Bamba-9B decode step: batch 1, 8 KV heads of 4 query heads each (the query heads as
 their KV head's queries, as the model passes them), head size 128, bf16, a bool mask over the
 cache with its last slots unwritten. Timing: one call captured in a CUDA graph, replayed by
-`triton.testing.do_bench` (median). Floor: reading the keys and values once at the copy bandwidth
-(DESIGN.md §7).
+`triton.testing.do_bench` (median; `ssd_common.graph_time`). Floor: reading the keys and values
+once at the copy bandwidth (DESIGN.md §7).
 
     python benchmarks/decode_attention.py --out runs/decode_attention.json          # H200
     python benchmarks/decode_attention.py --smoke --out /tmp/decode_attention.json   # CPU: checks the script
@@ -21,23 +21,14 @@ import torch.nn.functional as F
 
 import bamba  # noqa: F401  (on CPU, the Triton interpreter is chosen before triton is imported)
 from bamba.kernels.decode_attention import decode_attention
+from bamba.kernels.ssd_common import graph_time
 
 COPY_BYTES_PER_S = 4.26e12  # H200, measured for DESIGN.md §7
 
 
 def gpu_time_us(fn) -> float:
     """Median µs of one call replayed from a CUDA graph."""
-    import triton
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()  # compile and warm up outside the capture
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    return triton.testing.do_bench(graph.replay, warmup=50, rep=300, return_mode="median") * 1e3
+    return graph_time(fn, warmup=50, rep=300) * 1e3
 
 
 def wall_time_us(fn) -> float:
