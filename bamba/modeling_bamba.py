@@ -224,11 +224,16 @@ def _one_launch(x: torch.Tensor, backend: str) -> bool:
     return backend == "triton" and x.is_cuda and not torch.is_grad_enabled()
 
 
+def _one_row(x) -> bool:
+    """x (a tensor or a `NormedRow`) holds one row: a batch-1 decode step, for `kernels.gemv`."""
+    return x.shape[:-1].numel() == 1
+
+
 def _deferred(x: torch.Tensor, weight: torch.Tensor, backend: str, defer: bool) -> bool:
     """Whether a norm of a decode step leaves its work to the projections that read it
     (`kernels.gemv.NormedRow`): one row, in the weight's dtype, under `_one_launch`. That saves a
     launch per norm, a few µs of each step."""
-    return defer and x.numel() == x.shape[-1] and weight.dtype == x.dtype and _one_launch(x, backend)
+    return defer and _one_row(x) and weight.dtype == x.dtype and _one_launch(x, backend)
 
 
 class BambaLinear(nn.Linear):
@@ -239,7 +244,7 @@ class BambaLinear(nn.Linear):
         if isinstance(x, NormedRow):
             y = gemv(x, self.weight, static_weight=True)
             return y if self.bias is None else y + self.bias
-        if self.bias is None and x.numel() == x.shape[-1] and _one_launch(x, backend):
+        if self.bias is None and _one_row(x) and _one_launch(x, backend):
             return gemv(x, self.weight, static_weight=True)
         return super().forward(x)
 
@@ -472,7 +477,7 @@ class BambaMLP(nn.Module):
     def forward(self, x, backend: str = "torch"):
         # gate and up are temporaries of the expression: freed before down_proj allocates its output
         if isinstance(x, NormedRow) or _one_launch(x, backend):
-            if x.shape[:-1].numel() == 1 and self.gate_proj.bias is None and self.up_proj.bias is None:
+            if _one_row(x) and self.gate_proj.bias is None and self.up_proj.bias is None:
                 h = gemv_swiglu(x, self.gate_proj.weight, self.up_proj.weight, static_weight=True)
             else:
                 h = silu_mul(self.gate_proj(x, backend), self.up_proj(x, backend))
