@@ -112,10 +112,11 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     m = mask if mask is not None else part
     m_strides = mask.stride() if mask is not None else (0, 0)
+    dp = max(16, next_power_of_2(d))  # the head size padded to a power of two
     _split_kernel[(b * hkv, splits)](
         q, k, v, m, part, s, hkv, r, keys_per_split, d ** -0.5, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-        *m_strides, D=d, DP=max(16, next_power_of_2(d)), RP=max(16, next_power_of_2(r)), BN=BN, HAS_MASK=mask is not None, **dependent_launch(q),
-        **launch_opts(4, 2))
-    _combine_kernel[(b * hkv, r)](part, out, splits, hkv, r, *out.stride()[:3], D=d, DP=max(16, next_power_of_2(d)),
+        *m_strides, D=d, DP=dp, RP=max(16, next_power_of_2(r)), BN=BN, HAS_MASK=mask is not None,
+        **dependent_launch(q), **launch_opts(4, 2))
+    _combine_kernel[(b * hkv, r)](part, out, splits, hkv, r, *out.stride()[:3], D=d, DP=dp,
                                   BS=max(2, next_power_of_2(splits)), **dependent_launch(q))
     return out

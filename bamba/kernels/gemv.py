@@ -150,9 +150,10 @@ def _launch(x: torch.Tensor | NormedRow, weight: torch.Tensor, up: torch.Tensor 
         stream = row.stream.view(k)  # allocated contiguous by NormedRow
     y = torch.empty(n, dtype=src.dtype, device=src.device)
     bn = BN if up is None else BN // 2  # two weights' rows per program: the plain tile's registers
+    kb = max(16, next_power_of_2(k))  # the whole row, for its 1/rms
     _gemv_kernel[(cdiv(n, bn),)](
         w, u, src, res, gate, nw, stream, y, n, k, w.stride(0), u.stride(0), row.eps if row else 0.0,
-        BN=bn, BK=min(BK_MAX, max(16, next_power_of_2(k))), KB=max(16, next_power_of_2(k)),
+        BN=bn, BK=min(BK_MAX, kb), KB=kb,
         EARLY=static_weight and w is weight and (up is None or u is up), SWIGLU=up is not None,
         NORM=row is not None, RESIDUAL=row is not None and row.residual is not None,
         GATED=row is not None and row.gate is not None, **dependent_launch(src),
