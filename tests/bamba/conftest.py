@@ -12,6 +12,16 @@ def device():
     return DEVICE
 
 
+@pytest.fixture
+def one_launch_on_cpu(monkeypatch):
+    """The model's one-launch forms (`modeling_bamba._one_launch`) on the CPU too, where their
+    kernels run under the interpreter; on CUDA the model's own switch."""
+    import bamba.modeling_bamba as m
+
+    if DEVICE == "cpu":
+        monkeypatch.setattr(m, "_one_launch", lambda x, backend: backend == "triton" and not torch.is_grad_enabled())
+
+
 def make_ssd_inputs(b, l, h, p, g, n, *, dtype=torch.float32, device=DEVICE, seed=0,
                     dt_scale=1.0, dt_shift=0.0, with_d=True, with_bias=True, with_init=False):
     gen = torch.Generator().manual_seed(seed)

@@ -105,7 +105,7 @@ def test_dependent_launch_changes_no_bit(tok, monkeypatch):
 
 
 @pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "biased_projections"])
-def test_deferred_norms_give_the_logits_of_launched_norms(tok, monkeypatch, bias):
+def test_deferred_norms_give_the_logits_of_launched_norms(tok, monkeypatch, one_launch_on_cpu, bias):
     """A batch-1 decode step leaves its norms (and residual adds) to the projections that read them
     and runs SwiGLU in one launch; its logits are those of norms launched on their own, within fp32
     rounding (only the order of the sums of squares differs). On the CPU the one-launch forms run
@@ -115,8 +115,6 @@ def test_deferred_norms_give_the_logits_of_launched_norms(tok, monkeypatch, bias
     import bamba.modeling_bamba as m
     from bamba.tiny import tiny_config
 
-    if DEVICE == "cpu":
-        monkeypatch.setattr(m, "_one_launch", lambda x, backend: backend == "triton" and not torch.is_grad_enabled())
     config = dataclasses.replace(tiny_config().truncated(3), attention_bias=bias, mlp_bias=bias, mamba_proj_bias=bias)
     model = m.BambaForCausalLM.from_config(config, strategy="default", chunk_size=16, device=DEVICE, seed=1)
     model.set_strategy("default", 16, backend="triton")

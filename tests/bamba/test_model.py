@@ -156,15 +156,11 @@ def test_logits_match_transformers(ckpts, strategy, g):
 
 
 @pytest.mark.parametrize("strategy, backend", [("reference", "torch"), ("default", "triton")])
-def test_one_token_with_cache_matches_transformers(ckpts, strategy, backend, monkeypatch):
+def test_one_token_with_cache_matches_transformers(ckpts, strategy, backend, one_launch_on_cpu):
     """A one-token step attends with each KV head's query heads as that head's queries (no copy of
     the cached keys; with the "triton" backend by `kernels.decode_attention`, which on the CPU runs
     under the interpreter here); its logits are transformers' for the same position, after a
     cached prefix."""
-    import bamba.modeling_bamba as m
-
-    if DEVICE == "cpu":
-        monkeypatch.setattr(m, "_one_launch", lambda x, backend: backend == "triton" and not torch.is_grad_enabled())
     path, hf = ckpts[1]
     ids = ids_of(PROMPTS[1])
     ours = load(path, strategy=strategy)
